@@ -1,0 +1,3 @@
+"""Racklet BMC firmware core (MicroPython and CPython)."""
+
+VERSION = "0.1.0"

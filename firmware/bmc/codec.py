@@ -1,0 +1,236 @@
+"""Wire codec: frames over the USB CDC link, shared by firmware and host.
+
+Frame (little endian):
+
+    0  0xB5 0x4D   magic
+    2  u8 kind     KIND_REQUEST / KIND_RESPONSE / KIND_CHUNK
+    3  u8 version  PROTO_VERSION
+    4  u16 id      request id, echoed by every frame that answers it
+    6  u16 len     payload length, at most MAX_PAYLOAD
+    8  payload     JSON (request, response) or raw bytes (chunk)
+    8+len u32      CRC-32 of bytes 2 .. 8+len
+
+The reader resynchronises after garbage, CRC errors and half-sent frames
+(a partial frame older than STALE_MS is abandoned), and never holds more
+than one maximum frame: a peer cannot make it allocate.
+"""
+
+import binascii
+import json
+import struct
+
+from bmc.compat import const, ticks_diff
+
+MAGIC0 = const(0xB5)
+MAGIC1 = const(0x4D)
+PROTO_VERSION = const(1)
+HEADER = const(8)
+TRAILER = const(4)
+MAX_PAYLOAD = const(2048)
+MAX_FRAME = const(2060)  # HEADER + MAX_PAYLOAD + TRAILER
+STALE_MS = const(200)
+
+KIND_REQUEST = const(1)
+KIND_RESPONSE = const(2)
+KIND_CHUNK = const(3)
+
+_MAGIC = b"\xb5"
+_MAC_DOMAIN = b"racklet-bmc-v1\n"
+
+
+class FrameReader:
+    """Incremental frame parser over one preallocated buffer.
+
+    `next_frame()` returns `(kind, version, req_id, payload_view)` or None.
+    The payload view is valid until the next call.
+    """
+
+    def __init__(self, max_payload=MAX_PAYLOAD):
+        self.max_payload = max_payload
+        self.buf = bytearray(HEADER + max_payload + TRAILER)
+        self.mv = memoryview(self.buf)
+        self.n = 0  # bytes held
+        self.used = 0  # bytes of the last returned frame, dropped on the next call
+        self.last_rx = 0
+        self.frames = 0
+        self.bad_crc = 0
+        self.oversize = 0
+        self.dropped = 0  # garbage bytes skipped while resynchronising
+        self.stale = 0
+
+    def space(self):
+        """Writable view for `stream.readinto`; call `added(k)` afterwards."""
+        self._compact()
+        return self.mv[self.n :]
+
+    def added(self, k, now=0):
+        if k:
+            self.n += k
+            self.last_rx = now
+
+    def feed(self, data, now=0):
+        """Copy bytes in (host side); returns how many were taken."""
+        self._compact()
+        k = min(len(data), len(self.buf) - self.n)
+        self.mv[self.n : self.n + k] = data[:k]
+        self.added(k, now)
+        return k
+
+    def expire(self, now):
+        """Abandon a half-received frame that has gone quiet."""
+        self._compact()
+        if self.n and ticks_diff(now, self.last_rx) > STALE_MS:
+            self.stale += 1
+            self._skip(1)
+            self.last_rx = now
+
+    def _compact(self):
+        if self.used:
+            self._skip(self.used)
+            self.used = 0
+
+    def _skip(self, k):
+        n = self.n - k
+        if n > 0:
+            self.mv[0:n] = self.mv[k : self.n]
+        self.n = max(n, 0)
+
+    def _resync(self, start):
+        i = self.buf.find(_MAGIC, start, self.n)
+        if i < 0:
+            i = self.n
+        self.dropped += i
+        self._skip(i)
+
+    def next_frame(self):
+        self._compact()
+        buf = self.buf
+        while self.n:
+            if buf[0] != MAGIC0:
+                self._resync(1)
+                continue
+            if self.n < HEADER:
+                if self.n >= 2 and buf[1] != MAGIC1:
+                    self._resync(1)
+                    continue
+                return None
+            length = buf[6] | (buf[7] << 8)
+            if buf[1] != MAGIC1 or not KIND_REQUEST <= buf[2] <= KIND_CHUNK:
+                self._resync(1)
+                continue
+            if length > self.max_payload:
+                self.oversize += 1
+                self._resync(1)
+                continue
+            total = HEADER + length + TRAILER
+            if self.n < total:
+                return None
+            mv = self.mv
+            crc = binascii.crc32(mv[2 : HEADER + length]) & 0xFFFFFFFF
+            got = struct.unpack_from("<I", buf, HEADER + length)[0]
+            if crc != got:
+                self.bad_crc += 1
+                self._resync(1)
+                continue
+            self.frames += 1
+            self.used = total
+            return buf[2], buf[3], buf[4] | (buf[5] << 8), mv[HEADER : HEADER + length]
+        return None
+
+
+class FrameWriter:
+    """Builds frames in one preallocated buffer and writes each with one call."""
+
+    def __init__(self, stream, max_payload=MAX_PAYLOAD):
+        self.stream = stream
+        self.buf = bytearray(HEADER + max_payload + TRAILER)
+        self.mv = memoryview(self.buf)
+        self.max_payload = max_payload
+        self.frames = 0
+
+    def payload_view(self):
+        """Where a caller may `readinto` a chunk before `send_prepared`."""
+        return self.mv[HEADER : HEADER + self.max_payload]
+
+    def send_prepared(self, kind, req_id, length):
+        buf = self.buf
+        buf[0] = MAGIC0
+        buf[1] = MAGIC1
+        buf[2] = kind
+        buf[3] = PROTO_VERSION
+        struct.pack_into("<HH", buf, 4, req_id & 0xFFFF, length)
+        crc = binascii.crc32(self.mv[2 : HEADER + length]) & 0xFFFFFFFF
+        struct.pack_into("<I", buf, HEADER + length, crc)
+        self._write_all(self.mv[: HEADER + length + TRAILER])
+        self.frames += 1
+
+    def send(self, kind, req_id, payload):
+        n = len(payload)
+        if n > self.max_payload:
+            raise ValueError("payload too large")
+        self.mv[HEADER : HEADER + n] = payload
+        self.send_prepared(kind, req_id, n)
+
+    def _write_all(self, view):
+        w = self.stream.write
+        while len(view):
+            k = w(view)
+            if k is None:  # a non-blocking stream that is full: try again
+                continue
+            view = view[k:]
+
+
+def encode_frame(kind, req_id, payload, version=PROTO_VERSION):
+    """One frame as bytes (host side, tests)."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError("payload too large")
+    head = struct.pack("<BBBBHH", MAGIC0, MAGIC1, kind, version, req_id & 0xFFFF, len(payload))
+    crc = binascii.crc32(head[2:]) & 0xFFFFFFFF
+    crc = binascii.crc32(payload, crc) & 0xFFFFFFFF
+    return head + bytes(payload) + struct.pack("<I", crc)
+
+
+def dumps(obj):
+    """JSON bytes of a message."""
+    return json.dumps(obj).encode()
+
+
+def loads(payload):
+    """Parse a JSON message; ValueError on anything that is not a JSON object."""
+    try:
+        obj = json.loads(bytes(payload))
+    except Exception:  # MicroPython raises ValueError, CPython also UnicodeDecodeError
+        raise ValueError("payload is not JSON")
+    if not isinstance(obj, dict):
+        raise ValueError("message is not a JSON object")
+    return obj
+
+
+def canon(value):
+    """Canonical JSON text (sorted keys, no spaces): what a MAC covers."""
+    if isinstance(value, dict):
+        parts = []
+        for k in sorted(value):
+            if not isinstance(k, str):
+                raise ValueError("object keys must be strings")
+            parts.append(json.dumps(k) + ":" + canon(value[k]))
+        return "{" + ",".join(parts) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join([canon(v) for v in value]) + "]"
+    if value is None or isinstance(value, (bool, int, str)):
+        return json.dumps(value)
+    raise ValueError("unsupported value in arguments")
+
+
+def mac_input(serial, nonce, cmd, args):
+    """The exact bytes an authenticated request's MAC covers."""
+    return (
+        _MAC_DOMAIN
+        + serial.encode()
+        + b"\n"
+        + nonce.encode()
+        + b"\n"
+        + cmd.encode()
+        + b"\n"
+        + canon(args or {}).encode()
+    )

@@ -1,0 +1,26 @@
+"""What MicroPython has and CPython lacks (and back), in one place."""
+
+try:
+    from micropython import const  # noqa: F401
+except ImportError:  # CPython: host tools and unit tests
+
+    def const(x):
+        return x
+
+
+try:
+    from time import ticks_add, ticks_diff, ticks_ms  # noqa: F401
+except ImportError:  # CPython
+    import time as _time
+
+    _PERIOD = 1 << 30
+    _HALF = _PERIOD >> 1
+
+    def ticks_ms():
+        return int(_time.monotonic() * 1000) & (_PERIOD - 1)
+
+    def ticks_add(t, delta):
+        return (t + delta) & (_PERIOD - 1)
+
+    def ticks_diff(a, b):
+        return ((a - b + _HALF) & (_PERIOD - 1)) - _HALF

@@ -1,0 +1,136 @@
+"""Request dispatch: frames in, one response (after any chunks) out.
+
+Command modules call `Dispatcher.register(name, role, fn)`; `fn(req)`
+returns the response data (a JSON-able dict) or raises `CmdError`. A
+streaming command sends chunks with `req.chunk(data)` (or fills
+`req.chunk_view()` and calls `req.chunk_prepared(n)`) before returning.
+"""
+
+from bmc import codec, errors
+from bmc.compat import const
+
+PUBLIC = "public"
+OPERATOR = "operator"
+ADMIN = "admin"
+ROLE_RANK = {PUBLIC: 0, OPERATOR: 1, ADMIN: 2}
+
+_MAX_RESULTS = const(24)  # bound on distinct result labels counted
+
+
+class Request:
+    __slots__ = ("rid", "cmd", "args", "role", "key_id", "_writer")
+
+    def __init__(self, writer, rid, cmd, args, role, key_id):
+        self._writer = writer
+        self.rid = rid
+        self.cmd = cmd
+        self.args = args
+        self.role = role
+        self.key_id = key_id
+
+    def chunk(self, data):
+        self._writer.send(codec.KIND_CHUNK, self.rid, data)
+
+    def chunk_view(self):
+        return self._writer.payload_view()
+
+    def chunk_prepared(self, n):
+        self._writer.send_prepared(codec.KIND_CHUNK, self.rid, n)
+
+
+class Dispatcher:
+    def __init__(self, link, auth, clock):
+        self.link = link
+        self.auth = auth
+        self.clock = clock
+        self.reader = codec.FrameReader()
+        self.writer = codec.FrameWriter(link)
+        self.commands = {}
+        self.results = {}  # result label -> count, for metrics
+
+    def register(self, name, role, fn):
+        self.commands[name] = (role, fn)
+
+    def poll(self):
+        """Read what the link has and answer every complete request."""
+        reader = self.reader
+        now = self.clock.ticks_ms()
+        while True:
+            k = self.link.readinto(reader.space())
+            if not k:
+                break
+            reader.added(k, now)
+        while True:
+            frame = reader.next_frame()
+            if frame is None:
+                break
+            self._handle(frame)
+        reader.expire(now)
+
+    def _count(self, label):
+        r = self.results
+        if label in r or len(r) < _MAX_RESULTS:
+            r[label] = r.get(label, 0) + 1
+
+    def _reply(self, rid, obj):
+        data = codec.dumps(obj)
+        if len(data) > codec.MAX_PAYLOAD:
+            data = codec.dumps(
+                {"ok": False, "error": errors.INTERNAL, "message": "response too large"}
+            )
+        self.writer.send(codec.KIND_RESPONSE, rid, data)
+
+    def _handle(self, frame):
+        kind, version, rid, payload = frame
+        if kind != codec.KIND_REQUEST:
+            self._count("ignored")
+            return
+        try:
+            if version != codec.PROTO_VERSION:
+                raise errors.CmdError(
+                    errors.UNSUPPORTED_VERSION,
+                    "protocol version %d not supported (this BMC speaks %d)"
+                    % (version, codec.PROTO_VERSION),
+                )
+            try:
+                msg = codec.loads(payload)
+            except ValueError as e:
+                raise errors.CmdError(errors.BAD_REQUEST, str(e))
+            cmd = msg.get("cmd")
+            args = msg.get("args", {})
+            if not isinstance(cmd, str) or not isinstance(args, dict):
+                raise errors.CmdError(errors.BAD_REQUEST, "need cmd (string) and args (object)")
+            entry = self.commands.get(cmd)
+            if entry is None:
+                raise errors.CmdError(errors.UNKNOWN_COMMAND, "unknown command: %s" % cmd[:40])
+            need, fn = entry
+            role, key_id = self.auth.authorize(cmd, args, msg.get("auth"), need)
+            data = fn(Request(self.writer, rid, cmd, args, role, key_id))
+            self._count("ok")
+            self._reply(rid, {"ok": True, "data": data if data is not None else {}})
+        except errors.CmdError as e:
+            self._count(e.code)
+            out = {"ok": False, "error": e.code, "message": e.message}
+            if e.data is not None:
+                out["data"] = e.data
+            self._reply(rid, out)
+        except MemoryError:
+            self._count(errors.INTERNAL)
+            self._reply(rid, {"ok": False, "error": errors.INTERNAL, "message": "out of memory"})
+        except Exception as e:  # a handler bug must not take the BMC down
+            self._count(errors.INTERNAL)
+            self._reply(rid, {"ok": False, "error": errors.INTERNAL, "message": repr(e)[:200]})
+
+
+def arg(args, name, kind, default=None, required=False):
+    """Fetch and type-check one argument; CmdError(INVALID) naming it if wrong."""
+    if name not in args:
+        if required:
+            raise errors.CmdError(errors.INVALID, "missing argument: %s" % name)
+        return default
+    v = args[name]
+    if kind is int and isinstance(v, bool):
+        raise errors.CmdError(errors.INVALID, "%s must be an integer" % name)
+    if not isinstance(v, kind):
+        raise errors.CmdError(errors.INVALID, "%s has the wrong type" % name)
+    return v
