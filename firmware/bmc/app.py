@@ -1,0 +1,178 @@
+"""The BMC main loop: wire the core to a board and run until reset.
+
+`main(board)` never returns on a healthy board. The order at start matters:
+inputs first, adopt the SBC's state from power-good, only then create the
+outputs (with the adopted levels), so a BMC start never glitches the SBC.
+"""
+
+import binascii
+import gc
+
+from bmc import (
+    VERSION,
+    auth,
+    boardfile,
+    cmd_core,
+    cmd_keys,
+    config,
+    console,
+    dispatch,
+    errors,
+    events,
+    indicators,
+    lines,
+    maintenance,
+    persist,
+    power,
+    store,
+)
+from bmc.compat import const
+
+COMMAND_MODULES = (cmd_core, cmd_keys)
+
+WDT_MS = const(5000)
+_MAX_WAIT_MS = const(100)
+_FAILING_LOOPS = const(3)  # loops in a row that raise before the watchdog is starved
+BOARD_FILE = "/board.json"
+
+
+class App:
+    def __init__(self, board):
+        self.board = board
+        self.clock = board.clock
+        self.data_dir = board.root + "/data"
+        self.store = store.Store(self.data_dir)
+        self.serial = binascii.hexlify(board.unique_id()).decode().upper()
+        self.persist = persist.BmcState(self.store, board.reset_cause())
+        self.events = events.EventLog(self.store, self.clock, self.persist.boot_count)
+        self.events.add(
+            "bmc", "start", "fw %s reset %s" % (VERSION, self.persist.reset_cause)
+        )
+        if self.persist.problem and self.persist.problem != "missing":
+            self.events.add("store", "corrupt", "state: " + self.persist.problem)
+        self.reboot_pending = False
+        self.loop_errors = 0
+        self.reset_hooks = []  # called by a factory reset, after keys and config
+        self.defn = None
+        self.config = None
+        self.power = None
+        self.lines = None
+        self.board_error = None
+        try:
+            self.defn = boardfile.load(board.root + BOARD_FILE)
+        except (OSError, ValueError) as e:  # BoardFileError is a ValueError
+            self.board_error = "board file: %s" % e
+            self.events.add("fault", "board_file", self.board_error)
+        uart = None
+        if self.defn is not None:
+            self.config = config.Config(self.store, self.defn, self.events)
+            self.lines = lines.Lines(board, self.defn)
+            self.power = power.PowerController(
+                self.defn, self.config, self.lines, self.clock, self.events, self.persist
+            )
+            self.power.start()
+            con = self.defn["console"]
+            if con is not None:
+                uart = board.uart(con["uart"], con["tx"], con["rx"], con["baud"])
+        self.console = console.Console(uart)
+        self.indicators = indicators.Indicators(
+            self.clock,
+            self.lines.status_led if self.lines else None,
+            self.lines.identify_led if self.lines else None,
+        )
+        self.auth = auth.Auth(self.store, self.clock, self.serial, self.events, board.bootsel)
+        self.dispatch = dispatch.Dispatcher(board.link, self.auth, self.clock)
+        for mod in COMMAND_MODULES:
+            mod.register(self)
+        gc.collect()
+
+    # -- used by command modules -----------------------------------------
+    def board_name(self):
+        return self.defn["name"] if self.defn else None
+
+    def require_power(self):
+        if self.power is None:
+            raise errors.CmdError(
+                errors.NOT_ALLOWED, "no power control: %s" % self.board_error
+            )
+        return self.power
+
+    def power_action(self, action, cause="remote_command"):
+        pc = self.require_power()
+        if action not in power.ACTIONS:
+            raise errors.CmdError(
+                errors.INVALID, "unknown action %s; one of: %s" % (action[:32], ", ".join(power.ACTIONS))
+            )
+        try:
+            pc.request(action, cause)
+        except power.NotAllowed as e:
+            raise errors.CmdError(errors.NOT_ALLOWED, str(e), {"state": pc.state})
+
+    def status(self):
+        st = self.power.status() if self.power else {"state": "Unknown"}
+        a = self.auth
+        st["uptime_ms"] = self.clock.uptime_ms()
+        st["boot_count"] = self.persist.boot_count
+        st["reset_cause"] = self.persist.reset_cause
+        st["serial"] = self.serial
+        st["board"] = self.board_name()
+        st["board_error"] = self.board_error
+        st["identify_ms"] = self.indicators.identify_left_ms()
+        st["locked_out_ms"] = a.locked_ms()
+        st["auth_failures_in_a_row"] = a.in_a_row
+        st["provisioned"] = a.provisioned()
+        return st
+
+    def factory_reset(self):
+        """Forget keys, settings and what the hooks own; the SBC is untouched."""
+        self.auth.erase()
+        self.store.remove("config")
+        if self.defn is not None:
+            self.config = config.Config(self.store, self.defn, self.events)
+            self.power.config = self.config
+        for hook in self.reset_hooks:
+            hook()
+        self.events.add("bmc", "factory_reset", "")
+
+    def request_maintenance(self):
+        maintenance.request(self.board.root)
+        self.events.add("bmc", "maintenance_requested", "REPL on next boot")
+        self.reboot_pending = True
+
+    # -- the loop ----------------------------------------------------------
+    def step(self):
+        timeout = self.indicators.ms_to_next()
+        if self.power is not None:
+            timeout = min(timeout, self.power.ms_to_next_deadline())
+        self.board.wait(max(0, min(timeout, _MAX_WAIT_MS)))
+        self.clock.uptime_ms()
+        self.dispatch.poll()
+        if self.reboot_pending:
+            self.events.add("bmc", "reboot", "")
+            self.board.reboot()
+        if self.power is not None:
+            self.power.tick()
+        self.console.poll()
+        self.indicators.tick(self.power.state if self.power else "Fault")
+
+    def run(self):
+        board = self.board
+        board.wdt_start(WDT_MS)
+        while True:
+            try:
+                self.step()
+                self.loop_errors = 0
+            except MemoryError:
+                gc.collect()
+                self.loop_errors += 1
+                self.events.add("fault", "out_of_memory", "main loop")
+            except Exception as e:
+                self.loop_errors += 1
+                self.events.add("fault", "internal", repr(e))
+            # A loop that keeps failing is not healthy: starve the watchdog.
+            if self.loop_errors < _FAILING_LOOPS:
+                board.wdt_feed()
+
+
+def main(board):
+    App(board).run()
