@@ -1,0 +1,437 @@
+"""The typed client library for one BMC: what `bmcctl`, the bridge and other tools use.
+
+    from racklet_host.client import BmcClient
+    from racklet_host.keys import load_key
+
+    with BmcClient.open("/dev/ttyACM0", key=load_key("admin.key")) as bmc:
+        print(bmc.status()["power"])
+        bmc.power("On")
+
+Every method sends one request and waits for its response (after any chunks). A
+command that needs a role fetches a nonce first and sends
+`HMAC-SHA256(key, codec.mac_input(serial, nonce, cmd, args))`. Errors raise the
+classes in `racklet_host.errors` (one per wire error code, plus host-side ones).
+A client is safe to share between threads: requests are serialised per link.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypedDict, Union
+
+from bmc import codec
+
+from .errors import BmcError, LinkGone, NoBmcFound, ProtocolError, Timeout, from_wire
+from .keys import Key
+from .transport import Link
+
+Args = Dict[str, Any]
+
+# Commands anyone on the hub may send without a key (docs/protocol.md).
+PUBLIC_COMMANDS = frozenset(
+    {"hello", "nonce", "status", "metrics", "keys-provision", "factory-reset"}
+)
+
+# Redfish ComputerSystem.ResetType values the `power` command takes.
+POWER_ACTIONS = (
+    "On",
+    "ForceOff",
+    "GracefulShutdown",
+    "GracefulRestart",
+    "ForceRestart",
+    "ForceOn",
+    "PushPowerButton",
+    "PowerCycle",
+    "Nmi",
+)
+# Actions that take a running SBC down (bmcctl asks before doing them on several targets).
+DISRUPTIVE_ACTIONS = frozenset(
+    {"ForceOff", "GracefulShutdown", "GracefulRestart", "ForceRestart", "PowerCycle"}
+)
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class Hello(TypedDict, total=False):
+    proto: int
+    fw: str
+    board: str
+    serial: str
+    caps: List[str]
+    max_payload: int
+    provisioned: bool
+
+
+class Nonce(TypedDict):
+    nonce: str
+    ttl_ms: int
+
+
+class Status(TypedDict, total=False):
+    """What `status` reports; the firmware may add fields (kept as they come)."""
+
+    power: str
+    rails: Dict[str, bool]
+    last_change_ms: int
+    cause: str
+    fault: Optional[str]
+    uptime_ms: int
+    restore: str
+    lockout: Dict[str, Any]
+
+
+class KeyInfo(TypedDict, total=False):
+    key_id: str
+    role: str
+
+
+class Streamed:
+    """The chunks of a streaming command and its final response data."""
+
+    __slots__ = ("chunks", "data")
+
+    def __init__(self, chunks: List[bytes], data: Args) -> None:
+        self.chunks = chunks
+        self.data = data
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def __repr__(self) -> str:
+        return f"Streamed({len(self.chunks)} chunks, {len(self.body)} bytes, data={self.data!r})"
+
+
+ChunkSink = Callable[[bytes], None]
+
+
+class BmcClient:
+    """A session with one BMC over one link.
+
+    `resolve` returns the current port path of this BMC (discovery by slot); it is
+    used to reopen the link after the device vanished (e.g. `bmc_reboot`). Without
+    it the same path is reopened.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        key: Optional[Key] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        resolve: Optional[Callable[[], str]] = None,
+        name: Optional[str] = None,
+    ) -> None:
+        self.link = link
+        self.key = key
+        self.timeout = timeout
+        self.name = name or link.path
+        self._resolve = resolve
+        self._lock = threading.RLock()
+        self._rid = random.randint(1, 0xFFFF)
+        self.info: Optional[Hello] = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        key: Optional[Key] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        resolve: Optional[Callable[[], str]] = None,
+        name: Optional[str] = None,
+    ) -> BmcClient:
+        return cls(Link(path), key=key, timeout=timeout, resolve=resolve, name=name)
+
+    def close(self) -> None:
+        self.link.close()
+
+    def __enter__(self) -> BmcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the generic request ------------------------------------------------
+
+    def _next_rid(self) -> int:
+        self._rid = self._rid % 0xFFFF + 1
+        return self._rid
+
+    def _ensure_open(self) -> None:
+        if not self.link.is_open:
+            if self._resolve is not None:
+                try:
+                    self.link.path = self._resolve()
+                except NoBmcFound as e:
+                    raise LinkGone(f"{self.name} is gone: {e.message}") from None
+            self.link.open()
+
+    def request(
+        self,
+        msg: Args,
+        *,
+        timeout: Optional[float] = None,
+        on_chunk: Optional[ChunkSink] = None,
+    ) -> Args:
+        """Send one request message as is and return its response data."""
+        payload = codec.dumps(msg)
+        if len(payload) > codec.MAX_PAYLOAD:
+            raise ProtocolError(f"request too large ({len(payload)} bytes)")
+        return self.request_raw(payload, timeout=timeout, on_chunk=on_chunk)
+
+    def request_raw(
+        self,
+        payload: bytes,
+        *,
+        timeout: Optional[float] = None,
+        on_chunk: Optional[ChunkSink] = None,
+    ) -> Args:
+        """Send a request frame with this payload; the response data, or raise."""
+        wait = self.timeout if timeout is None else timeout
+        with self._lock:
+            self._ensure_open()
+            rid = self._next_rid()
+            self.link.send_frame(codec.KIND_REQUEST, rid, payload)
+            deadline = time.monotonic() + wait
+            while True:
+                frame = self.link.read_frame(deadline)
+                if frame.req_id != rid:
+                    continue  # a late answer to an earlier, timed-out request
+                if frame.kind == codec.KIND_CHUNK:
+                    deadline = time.monotonic() + wait  # a stream that moves is alive
+                    if on_chunk is not None:
+                        on_chunk(frame.payload)
+                    continue
+                if frame.kind != codec.KIND_RESPONSE:
+                    continue
+                return _response_data(frame.payload, self.name)
+
+    def call(
+        self,
+        cmd: str,
+        args: Optional[Args] = None,
+        key: Optional[Key] = None,
+        *,
+        auth: Optional[bool] = None,
+        timeout: Optional[float] = None,
+        on_chunk: Optional[ChunkSink] = None,
+    ) -> Args:
+        """Run `cmd` with `args` and return the response data.
+
+        `key` (default: the client's key) signs the request; `auth=None` signs every
+        command that is not public when a key is at hand, `True` always, `False` never.
+        """
+        args = dict(args or {})
+        msg: Args = {"cmd": cmd, "args": args}
+        use = key or self.key
+        if auth is None:
+            auth = use is not None and cmd not in PUBLIC_COMMANDS
+        with self._lock:
+            if auth:
+                if use is None:
+                    raise from_wire("auth_required", f"{cmd} needs a key (--key-file)")
+                msg["auth"] = self.sign(use, cmd, args)
+            return self.request(msg, timeout=timeout, on_chunk=on_chunk)
+
+    def sign(self, key: Key, cmd: str, args: Args) -> Dict[str, str]:
+        """A fresh nonce and the MAC over this command: the request's `auth` object."""
+        nonce = self.nonce()["nonce"]
+        mac = key.mac(codec.mac_input(self.serial, nonce, cmd, args))
+        return {"key": key.key_id, "nonce": nonce, "mac": mac.hex()}
+
+    def stream(
+        self,
+        cmd: str,
+        args: Optional[Args] = None,
+        key: Optional[Key] = None,
+        *,
+        auth: Optional[bool] = None,
+        timeout: Optional[float] = None,
+    ) -> Streamed:
+        """Run a streaming command; its chunks and final data."""
+        chunks: List[bytes] = []
+        data = self.call(cmd, args, key, auth=auth, timeout=timeout, on_chunk=chunks.append)
+        return Streamed(chunks, data)
+
+    # -- commands -----------------------------------------------------------
+
+    def hello(self) -> Hello:
+        data = self.call("hello", {"proto": codec.PROTO_VERSION})
+        self.info = Hello(**data)  # type: ignore[typeddict-item]
+        return self.info
+
+    @property
+    def serial(self) -> str:
+        if self.info is None:
+            self.hello()
+        assert self.info is not None
+        serial = self.info.get("serial")
+        if not isinstance(serial, str):
+            raise ProtocolError(f"{self.name}: hello did not report a serial")
+        return serial
+
+    def nonce(self) -> Nonce:
+        data = self.call("nonce", auth=False)
+        if not isinstance(data.get("nonce"), str):
+            raise ProtocolError(f"{self.name}: nonce answer without a nonce")
+        return Nonce(nonce=data["nonce"], ttl_ms=int(data.get("ttl_ms", 0)))
+
+    def status(self) -> Status:
+        return Status(**self.call("status"))  # type: ignore[typeddict-item]
+
+    def power(self, action: str, key: Optional[Key] = None) -> Status:
+        data = self.call("power", {"action": action}, key)
+        return Status(**data)  # type: ignore[typeddict-item]
+
+    def reset(self, key: Optional[Key] = None) -> Args:
+        return self.call("reset", {}, key)
+
+    def identify(self, seconds: int = 15, key: Optional[Key] = None) -> Args:
+        return self.call("identify", {"seconds": seconds}, key)
+
+    def events(self, since: int = 0, key: Optional[Key] = None) -> tuple[List[Args], Args]:
+        """Event log entries after `since`; (events, data with `next` and `dropped`)."""
+        res = self.stream("events", {"since": since}, key)
+        events: List[Args] = []
+        for line in res.body.decode("utf-8", "replace").splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                ev = codec.loads(line.encode())
+            except ValueError:
+                ev = {"raw": line}
+            events.append(ev)
+        return events, res.data
+
+    def console(self, since: int = 0, key: Optional[Key] = None) -> tuple[bytes, Args]:
+        """Console bytes after `since`; (bytes, data with `next` and `lost`)."""
+        res = self.stream("console", {"since": since}, key)
+        return res.body, res.data
+
+    def config_get(self, key: Optional[Key] = None) -> Args:
+        return self.call("config-get", {}, key)
+
+    def config_set(self, name: str, value: Any, key: Optional[Key] = None) -> Args:
+        return self.call("config-set", {"key": name, "value": value}, key)
+
+    def keys_provision(self, role: str, new_key: Key) -> Args:
+        """Install the first key (unprovisioned BMC, BOOTSEL held)."""
+        return self.call("keys-provision", {"role": role, "key": new_key.hex()}, auth=False)
+
+    def keys_add(self, role: str, new_key: Key, key: Optional[Key] = None) -> Args:
+        return self.call("keys-add", {"role": role, "key": new_key.hex()}, key)
+
+    def keys_revoke(self, key_id: str, key: Optional[Key] = None) -> Args:
+        return self.call("keys-revoke", {"key_id": key_id}, key)
+
+    def keys_list(self, key: Optional[Key] = None) -> List[KeyInfo]:
+        data = self.call("keys-list", {}, key)
+        keys = data.get("keys", [])
+        return [KeyInfo(**k) for k in keys] if isinstance(keys, list) else []
+
+    def factory_reset(self) -> Args:
+        return self.call("factory-reset", {}, auth=False)
+
+    def maintenance(self, key: Optional[Key] = None) -> Args:
+        return self.call("maintenance", {}, key)
+
+    def metrics(self) -> str:
+        """The OpenMetrics exposition, streamed in chunks."""
+        return self.stream("metrics").body.decode("utf-8", "replace")
+
+    def iter_metrics(self) -> Iterator[bytes]:
+        """The metrics chunks as they arrive (collected, then yielded in order)."""
+        yield from self.stream("metrics").chunks
+
+    # -- BMC reboot and reconnecting ----------------------------------------
+
+    def bmc_reboot(
+        self, key: Optional[Key] = None, *, wait: bool = True, timeout: float = 30.0
+    ) -> Args:
+        """Restart the BMC (the SBC keeps running); with `wait`, reconnect to it."""
+        serial = self.serial
+        data = self.call("bmc-reboot", {}, key)
+        if wait:
+            self.wait_gone(min(timeout, 5.0))
+            self.reconnect(timeout, expect_serial=serial)
+        return data
+
+    def wait_gone(self, timeout: float) -> bool:
+        """Wait until the device closes the link (True) or `timeout` passes (False)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self.link.is_open and time.monotonic() < deadline:
+                try:
+                    self.link.read_some(0.05)
+                except LinkGone:
+                    return True
+            self.link.close()
+        return False
+
+    def reconnect(self, timeout: float = 30.0, expect_serial: Optional[str] = None) -> Hello:
+        """Reopen this BMC's port (as its slot resolves now) and say hello, within `timeout`."""
+        deadline = time.monotonic() + timeout
+        last: Optional[BmcError] = None
+        with self._lock:
+            self.link.close()
+            while True:
+                try:
+                    self._ensure_open()
+                    info = self.hello_quick(min(2.0, max(deadline - time.monotonic(), 0.1)))
+                    if expect_serial is None or info.get("serial") == expect_serial:
+                        return info
+                    last = LinkGone(f"{self.name} now answers with serial {info.get('serial')}")
+                except (LinkGone, Timeout, ProtocolError) as e:
+                    last = e
+                self.link.close()
+                if time.monotonic() >= deadline:
+                    msg = last.message if last else "no answer"
+                    raise Timeout(f"{self.name} did not come back within {timeout:g} s ({msg})")
+                time.sleep(0.1)
+
+    def hello_quick(self, timeout: float) -> Hello:
+        data = self.call("hello", {"proto": codec.PROTO_VERSION}, timeout=timeout)
+        self.info = Hello(**data)  # type: ignore[typeddict-item]
+        return self.info
+
+
+def _response_data(payload: bytes, name: str) -> Args:
+    try:
+        msg = codec.loads(payload)
+    except ValueError as e:
+        raise ProtocolError(f"{name} sent a garbled response ({e})") from None
+    ok = msg.get("ok")
+    data = msg.get("data")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{name} sent a response whose data is not an object")
+    if ok is True:
+        return data
+    if ok is False:
+        code = msg.get("error")
+        text = msg.get("message")
+        raise from_wire(
+            code if isinstance(code, str) else "internal",
+            text if isinstance(text, str) and text else str(code),
+            data,
+        )
+    raise ProtocolError(f"{name} sent a response without ok")
+
+
+def open_client(
+    target: Union[str, Any],
+    *,
+    key: Optional[Key] = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> BmcClient:
+    """A client for a port path or a `discovery.BmcPort` (reconnects by its slot)."""
+    if isinstance(target, str):
+        return BmcClient.open(target, key=key, timeout=timeout)
+    return BmcClient.open(
+        target.path, key=key, timeout=timeout, resolve=target.resolve, name=target.name
+    )

@@ -1,0 +1,246 @@
+"""Finding BMCs: USB CDC devices on the backplane hub, a simulated rack, or one port.
+
+- Real hardware: `serial.tools.list_ports` entries with a Racklet BMC's USB vendor
+  and product id. The slot name comes from the USB port path (`location`, e.g.
+  `1-1.3:1.0` is port 3 of the hub on root port 1), which is stable across reboots
+  and re-enumeration, unlike `/dev/ttyACM*` numbers.
+- A simulated rack (`--rack DIR` or env `BMC_RACK`): `DIR/slot1`, `DIR/slot2`, ...
+  are links to the PTYs of `bmc-sim`; they are re-pointed when a BMC restarts.
+- `--port PATH`: that device, nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
+
+from .errors import NoBmcFound
+
+ENV_RACK = "BMC_RACK"
+
+# USB ids a Racklet BMC enumerates with: MicroPython's RP2040 ids (Raspberry Pi's
+# vendor id 0x2E8A, product 0x0005), which `usb.device` keeps unless the board sets
+# its own. Since any MicroPython board has these, a port must also name itself a
+# Racklet BMC in its manufacturer or product string. Extra ids may be given as
+# "VID:PID,VID:PID" (hex) in BMC_USB_IDS.
+USB_IDS: Tuple[Tuple[int, int], ...] = ((0x2E8A, 0x0005),)
+ENV_USB_IDS = "BMC_USB_IDS"
+USB_NAME = "racklet"
+
+_SLOT_RE = re.compile(r"^slot(\d+)$")
+_LOCATION_RE = re.compile(r"^(\d+)-([\d.]+)(?::[\d.]+)?$")
+
+
+class BmcPort:
+    """One BMC's port: `name` (slot), `path` (device), `serial` if known without asking."""
+
+    __slots__ = ("name", "path", "serial", "location", "source", "_resolve")
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        *,
+        serial: Optional[str] = None,
+        location: Optional[str] = None,
+        source: str = "port",
+        resolve: Optional[Callable[[], str]] = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.serial = serial
+        self.location = location
+        self.source = source
+        self._resolve = resolve
+
+    def resolve(self) -> str:
+        """This BMC's port path now (after a re-enumeration it may have changed)."""
+        if self._resolve is None:
+            return self.path
+        self.path = self._resolve()
+        return self.path
+
+    @property
+    def slot_number(self) -> Optional[int]:
+        m = re.search(r"(\d+)$", self.name)
+        return int(m.group(1)) if m else None
+
+    def __repr__(self) -> str:
+        return f"BmcPort({self.name!r}, {self.path!r}, serial={self.serial!r})"
+
+
+# -- simulated rack ----------------------------------------------------------
+
+
+def rack_ports(rack_dir: str) -> List[BmcPort]:
+    """The slots of a simulated rack, in slot order (missing links are skipped)."""
+    try:
+        names = os.listdir(rack_dir)
+    except OSError as e:
+        raise NoBmcFound(f"rack directory {rack_dir}: {e.strerror}") from None
+    found = []
+    for name in names:
+        m = _SLOT_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), name))
+    ports = []
+    for _, name in sorted(found):
+        link = os.path.join(rack_dir, name)
+        ports.append(BmcPort(name, link, source="rack", resolve=_rack_resolver(rack_dir, name)))
+    return ports
+
+
+def _rack_resolver(rack_dir: str, name: str) -> Callable[[], str]:
+    link = os.path.join(rack_dir, name)
+
+    def resolve() -> str:
+        if not os.path.exists(link):
+            raise NoBmcFound(f"{name} of rack {rack_dir} is not there")
+        return link
+
+    return resolve
+
+
+# -- USB ---------------------------------------------------------------------
+
+
+def usb_ids() -> List[Tuple[int, int]]:
+    ids = list(USB_IDS)
+    for item in os.environ.get(ENV_USB_IDS, "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            vid, pid = item.split(":")
+            ids.append((int(vid, 16), int(pid, 16)))
+        except ValueError:
+            raise NoBmcFound(f"{ENV_USB_IDS}: '{item}' is not VID:PID in hex") from None
+    return ids
+
+
+def slot_names(locations: Sequence[str]) -> List[str]:
+    """Slot names for USB port paths: `slotN` for port N of the (single) backplane hub.
+
+    When the BMCs hang off more than one hub, the whole port path names the slot
+    (`slot1-1.3`), which is still stable.
+    """
+    parsed: List[Optional[Tuple[str, str, str]]] = []
+    for loc in locations:
+        m = _LOCATION_RE.match(loc or "")
+        if m is None:
+            parsed.append(None)
+            continue
+        bus, chain = m.group(1), m.group(2)
+        parent, _, port = chain.rpartition(".")
+        parsed.append((f"{bus}-{parent}", port, f"{bus}-{chain}"))
+    parents = {p[0] for p in parsed if p is not None}
+    names = []
+    for loc, p in zip(locations, parsed):
+        if p is None:
+            names.append(f"usb-{loc}")
+        elif len(parents) == 1:
+            names.append(f"slot{p[1]}")
+        else:
+            names.append(f"slot{p[2]}")
+    return names
+
+
+def usb_ports() -> List[BmcPort]:
+    """BMCs on the USB bus, by vendor/product id, named by hub port."""
+    from serial.tools import list_ports
+
+    ids = set(usb_ids())
+    infos = [i for i in list_ports.comports() if _is_bmc(i, ids)]
+    infos.sort(key=lambda i: _location_key(i.location or ""))
+    names = slot_names([i.location or i.device for i in infos])
+    ports = []
+    for info, name in zip(infos, names):
+        ports.append(
+            BmcPort(
+                name,
+                info.device,
+                serial=info.serial_number,
+                location=info.location,
+                source="usb",
+                resolve=_usb_resolver(info.location, info.serial_number),
+            )
+        )
+    return ports
+
+
+def _is_bmc(info: Any, ids: Set[Tuple[int, int]]) -> bool:
+    if (info.vid, info.pid) not in ids:
+        return False
+    names = f"{info.manufacturer or ''} {info.product or ''}".lower()
+    return USB_NAME in names
+
+
+def _location_key(loc: str) -> List[int]:
+    return [int(x) for x in re.findall(r"\d+", loc)]
+
+
+def _usb_resolver(location: Optional[str], serial: Optional[str]) -> Callable[[], str]:
+    def resolve() -> str:
+        from serial.tools import list_ports
+
+        ids = set(usb_ids())
+        for info in list_ports.comports():
+            if not _is_bmc(info, ids):
+                continue
+            if location and info.location == location:
+                return str(info.device)
+            if not location and serial and info.serial_number == serial:
+                return str(info.device)
+        raise NoBmcFound(f"no BMC at USB port {location or serial}")
+
+    return resolve
+
+
+# -- all together ------------------------------------------------------------
+
+
+def discover(rack: Optional[str] = None, port: Optional[str] = None) -> List[BmcPort]:
+    """The BMCs to talk to: `port` alone, else the rack (`rack` or BMC_RACK), else USB."""
+    if port:
+        if not os.path.exists(port):
+            raise NoBmcFound(f"no such port: {port}")
+        return [BmcPort(os.path.basename(port), port, source="port")]
+    rack = rack or os.environ.get(ENV_RACK) or None
+    if rack:
+        ports = rack_ports(rack)
+        if not ports:
+            raise NoBmcFound(f"no BMC in rack {rack} (is bmc-sim running?)")
+        return ports
+    ports = usb_ports()
+    if not ports:
+        raise NoBmcFound("no BMC found on USB (use --rack DIR for a simulated rack)")
+    return ports
+
+
+def select(ports: Sequence[BmcPort], selectors: Sequence[str]) -> List[BmcPort]:
+    """The ports the selectors name: `slot3`, `3`, a serial, or a device path.
+
+    Serials not known from USB descriptors are not matched here; see
+    `racklet_host.cli` which asks each BMC for its serial when needed.
+    """
+    chosen: List[BmcPort] = []
+    for sel in selectors:
+        hit = match(ports, sel)
+        if hit is None:
+            raise NoBmcFound(f"no BMC matches '{sel}'")
+        if hit not in chosen:
+            chosen.append(hit)
+    return chosen
+
+
+def match(ports: Sequence[BmcPort], sel: str) -> Optional[BmcPort]:
+    want = f"slot{sel}" if sel.isdigit() else sel
+    for p in ports:
+        if p.name == want or p.serial == sel:
+            return p
+    real = os.path.realpath(sel) if os.path.exists(sel) else None
+    for p in ports:
+        if p.path == sel or (real is not None and os.path.realpath(p.path) == real):
+            return p
+    return None

@@ -1,0 +1,184 @@
+"""The byte link to one BMC: a serial port (USB CDC, or a PTY in the simulator).
+
+This layer knows about frames (`bmc.codec`) but nothing about commands: it opens a
+port exclusively, writes frames, and reads frames with a deadline. A device that
+vanishes (USB unplugged, BMC rebooting, the simulator's PTY closed) raises
+`LinkGone`; a second opener of the same port gets `PortBusy`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import time
+from typing import NamedTuple, Optional
+
+import serial
+from bmc import codec
+
+from .errors import LinkGone, PortBusy, Timeout
+
+_READ_SIZE = 4096
+
+
+class Frame(NamedTuple):
+    kind: int
+    version: int
+    req_id: int
+    payload: bytes
+
+
+class Link:
+    """One open serial port, with a frame reader over it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._ser: Optional[serial.Serial] = None
+        self._reader = codec.FrameReader()
+        self._rx = bytearray()
+        self.open()
+
+    # -- opening and closing ------------------------------------------------
+
+    def open(self) -> None:
+        """Open `self.path` (following a symlink) exclusively, in raw mode."""
+        self.close()
+        try:
+            ser = serial.Serial()
+            ser.port = self.path
+            ser.baudrate = 115200
+            ser.timeout = 0
+            ser.write_timeout = 5
+            ser.exclusive = True
+            ser.open()
+        except serial.SerialException as e:
+            # pyserial reports the flock failure and ENOENT both as SerialException
+            text = str(e)
+            if "exclusively lock" in text or getattr(e, "errno", None) in (
+                errno.EAGAIN,
+                errno.EWOULDBLOCK,
+                errno.EBUSY,
+            ):
+                raise PortBusy(f"port {self.path} is busy: another program has it open") from None
+            raise LinkGone(f"cannot open {self.path}: {_reason(e)}") from None
+        except OSError as e:
+            raise LinkGone(f"cannot open {self.path}: {e.strerror or e}") from None
+        self._ser = ser
+        self._reader = codec.FrameReader()
+        self._rx = bytearray()
+
+    def close(self) -> None:
+        ser, self._ser = self._ser, None
+        if ser is not None:
+            try:
+                ser.close()
+            except (OSError, serial.SerialException):
+                pass
+
+    @property
+    def is_open(self) -> bool:
+        return self._ser is not None
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fd(self) -> int:
+        if self._ser is None:
+            raise LinkGone(f"link to {self.path} is closed")
+        fd = self._ser.fileno()
+        assert isinstance(fd, int)
+        return fd
+
+    # -- bytes --------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Write all of `data` (a frame or, in tests, any bytes)."""
+        fd = self._fd()
+        view = memoryview(data)
+        deadline = time.monotonic() + 5.0
+        while len(view):
+            try:
+                k = os.write(fd, view)
+            except BlockingIOError:
+                k = 0
+            except OSError as e:
+                self.close()
+                raise LinkGone(f"{self.path} went away while writing ({e.strerror})") from None
+            view = view[k:]
+            if len(view):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"{self.path} does not accept data")
+                select.select([], [fd], [], min(left, 0.05))
+
+    def read_some(self, timeout: float) -> bytes:
+        """Bytes available within `timeout` seconds (b"" if none arrived)."""
+        fd = self._fd()
+        try:
+            ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
+        except (OSError, ValueError) as e:
+            self.close()
+            raise LinkGone(f"{self.path} went away ({e})") from None
+        if not ready:
+            return b""
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return b""
+        except OSError as e:
+            self.close()
+            raise LinkGone(f"{self.path} went away ({e.strerror})") from None
+        if not data:  # readable but empty: the other side closed
+            self.close()
+            raise LinkGone(f"{self.path} went away (device closed)")
+        return data
+
+    def drain_input(self) -> None:
+        """Drop whatever is waiting to be read (stale answers, noise)."""
+        while self.read_some(0):
+            pass
+        self._reader = codec.FrameReader()
+        self._rx = bytearray()
+
+    # -- frames -------------------------------------------------------------
+
+    def send_frame(self, kind: int, req_id: int, payload: bytes) -> None:
+        self.write(codec.encode_frame(kind, req_id, payload))
+
+    def read_frame(self, deadline: float) -> Frame:
+        """The next valid frame before `deadline` (a `time.monotonic()` value)."""
+        reader = self._reader
+        rx = self._rx
+        while True:
+            now = int(time.monotonic() * 1000)
+            if rx:
+                k = reader.feed(rx, now)
+                del rx[:k]
+            frame = reader.next_frame()
+            if frame is not None:
+                kind, version, rid, payload = frame
+                return Frame(kind, version, rid, bytes(payload))
+            if rx:
+                if reader.n >= len(reader.buf):  # cannot happen with a sane reader; never spin
+                    reader.expire(now + codec.STALE_MS + 1)
+                continue  # the reader made room: feed the rest
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"no answer from {self.path}")
+            data = self.read_some(min(left, 0.25))
+            if data:
+                rx += data
+            else:
+                reader.expire(int(time.monotonic() * 1000))
+
+
+def _reason(e: BaseException) -> str:
+    inner = e.args[1] if len(e.args) > 1 else e
+    text = str(inner)
+    if "No such file" in text:
+        return "no such device"
+    return text
