@@ -1,0 +1,115 @@
+"""Atomic JSON files on the board's filesystem.
+
+    st = Store(board.root + "/data")        # creates the folder if needed
+    value, problem = st.load("config", {})  # problem: None, "missing" or "corrupt: ..."
+    st.save("config", value)                # temp file, then os.rename
+
+A save writes `<name>.json.tmp` and renames it over `<name>.json`: littlefs
+renames atomically (also on power loss) and overwrites, so after a crash the
+file is the old version or the new one, never neither. `load` falls back to
+`default` on a missing or corrupt file and says which, so the caller can log
+an event. Line files (`append_line`, `read_lines`, `save_lines`) serve the
+event log: append is safe on littlefs because data is committed on close.
+"""
+
+import json
+import os
+
+
+class Store:
+    def __init__(self, root):
+        self.root = root
+        if root:
+            _mkdirs(root)
+
+    def path(self, name, ext=".json"):
+        return self.root + "/" + name + ext
+
+    def load(self, name, default):
+        """Return (value, problem). On any problem value is `default`."""
+        path = self.path(name)
+        try:
+            f = open(path, "rb")
+        except OSError:
+            return default, "missing"
+        try:
+            try:
+                data = f.read()
+            finally:
+                f.close()
+            value = json.loads(data.decode())
+        except MemoryError:
+            raise
+        except Exception as e:
+            return default, "corrupt: " + _why(e)
+        if default is not None and type(value) is not type(default):
+            return default, "corrupt: expected " + type(default).__name__
+        return value, None
+
+    def save(self, name, value):
+        self._write_atomic(self.path(name), json.dumps(value))
+
+    def remove(self, name, ext=".json"):
+        try:
+            os.remove(self.path(name, ext))
+        except OSError:
+            pass
+
+    def _write_atomic(self, path, text):
+        tmp = path + ".tmp"
+        f = open(tmp, "w")
+        try:
+            f.write(text)
+        finally:
+            f.close()
+        os.rename(tmp, path)
+
+    # Line files (JSON per line), for the event log.
+
+    def append_line(self, name, line):
+        f = open(self.path(name, ".jsonl"), "a")
+        try:
+            f.write(line + "\n")
+        finally:
+            f.close()
+
+    def read_lines(self, name):
+        """Yield the lines of a line file (none when missing)."""
+        try:
+            f = open(self.path(name, ".jsonl"), "r")
+        except OSError:
+            return
+        try:
+            while True:
+                try:
+                    line = f.readline()
+                except ValueError:  # undecodable bytes: stop, keep what we have
+                    return
+                if not line:
+                    return
+                yield line
+        finally:
+            f.close()
+
+    def save_lines(self, name, lines):
+        self._write_atomic(self.path(name, ".jsonl"), "".join([s + "\n" for s in lines]))
+
+
+def _why(e):
+    s = str(e)
+    return type(e).__name__ + (" " + s if s else "")
+
+
+def _mkdirs(path):
+    parts = path.split("/")
+    cur = ""
+    for i, p in enumerate(parts):
+        if not p:
+            if i == 0:
+                cur = ""
+            continue
+        cur = cur + "/" + p if (cur or path.startswith("/")) else p
+        try:
+            os.mkdir(cur)
+        except OSError:
+            pass
