@@ -19,9 +19,10 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, TypedDict, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypedDict, Union
 
 from bmc import codec
+from bmc import power as _power
 
 from .errors import BmcError, LinkGone, NoBmcFound, ProtocolError, Timeout, from_wire
 from .keys import Key
@@ -34,18 +35,8 @@ PUBLIC_COMMANDS = frozenset(
     {"hello", "nonce", "status", "metrics", "keys-provision", "factory-reset"}
 )
 
-# Redfish ComputerSystem.ResetType values the `power` command takes.
-POWER_ACTIONS = (
-    "On",
-    "ForceOff",
-    "GracefulShutdown",
-    "GracefulRestart",
-    "ForceRestart",
-    "ForceOn",
-    "PushPowerButton",
-    "PowerCycle",
-    "Nmi",
-)
+# Redfish ComputerSystem.ResetType values the `power` command takes (the firmware's list).
+POWER_ACTIONS: Tuple[str, ...] = tuple(_power.ACTIONS)
 # Actions that take a running SBC down (bmcctl asks before doing them on several targets).
 DISRUPTIVE_ACTIONS = frozenset(
     {"ForceOff", "GracefulShutdown", "GracefulRestart", "ForceRestart", "PowerCycle"}
@@ -62,6 +53,7 @@ class Hello(TypedDict, total=False):
     caps: List[str]
     max_payload: int
     provisioned: bool
+    board_error: Optional[str]
 
 
 class Nonce(TypedDict):
@@ -69,21 +61,41 @@ class Nonce(TypedDict):
     ttl_ms: int
 
 
-class Status(TypedDict, total=False):
-    """What `status` reports; the firmware may add fields (kept as they come)."""
+class Rail(TypedDict, total=False):
+    name: str
+    enable: Optional[bool]
+    pgood: Optional[bool]
 
-    power: str
-    rails: Dict[str, bool]
-    last_change_ms: int
-    cause: str
+
+class Status(TypedDict, total=False):
+    """What `status` reports (bmc.app.App.status); new fields are kept as they come."""
+
+    state: str  # On, Off, PoweringOn, PoweringOff, Fault, Unknown
+    phase: Optional[str]
+    last_change: int
+    since_ms: int
+    cause: Optional[str]
     fault: Optional[str]
+    fault_cause: Optional[str]
+    rails: List[Rail]
+    halted: Optional[bool]
+    restore_policy: str
+    boot_mode: Optional[str]
+    pending_on: Any
     uptime_ms: int
-    restore: str
-    lockout: Dict[str, Any]
+    boot_count: int
+    reset_cause: str
+    serial: str
+    board: Optional[str]
+    board_error: Optional[str]
+    identify_ms: int
+    locked_out_ms: int
+    auth_failures_in_a_row: int
+    provisioned: bool
 
 
 class KeyInfo(TypedDict, total=False):
-    key_id: str
+    id: str  # key id: first 8 bytes of sha256(key), hex
     role: str
 
 
@@ -307,10 +319,15 @@ class BmcClient:
             events.append(ev)
         return events, res.data
 
-    def console(self, since: int = 0, key: Optional[Key] = None) -> tuple[bytes, Args]:
-        """Console bytes after `since`; (bytes, data with `next` and `lost`)."""
+    def console(self, since: int = -1, key: Optional[Key] = None) -> tuple[bytes, Args]:
+        """Console bytes from offset `since` (-1: the oldest held); (bytes, data with
+        `next`, the offset to ask for next time, and `lost`, bytes overwritten)."""
         res = self.stream("console", {"since": since}, key)
         return res.body, res.data
+
+    def console_write(self, text: str, key: Optional[Key] = None) -> Args:
+        """Type `text` into the SBC's console."""
+        return self.call("console-write", {"data": text}, key)
 
     def config_get(self, key: Optional[Key] = None) -> Args:
         return self.call("config-get", {}, key)
