@@ -12,7 +12,9 @@ from bmc import (
     VERSION,
     auth,
     boardfile,
+    cmd_boot,
     cmd_core,
+    cmd_inventory,
     cmd_keys,
     config,
     console,
@@ -28,7 +30,7 @@ from bmc import (
 )
 from bmc.compat import const
 
-COMMAND_MODULES = (cmd_core, cmd_keys)
+COMMAND_MODULES = (cmd_core, cmd_keys, cmd_inventory, cmd_boot)
 
 WDT_MS = const(5000)
 _MAX_WAIT_MS = const(100)
@@ -53,6 +55,7 @@ class App:
         self.reboot_pending = False
         self.loop_errors = 0
         self.reset_hooks = []  # called by a factory reset, after keys and config
+        self.tick_hooks = []  # called every loop pass (deadlines of command modules)
         self.defn = None
         self.config = None
         self.power = None
@@ -152,6 +155,8 @@ class App:
             self.board.reboot()
         if self.power is not None:
             self.power.tick()
+        for hook in self.tick_hooks:
+            hook()
         self.console.poll()
         self.indicators.tick(self.power.state if self.power else "Fault")
 
