@@ -16,6 +16,7 @@ from bmc import (
     cmd_core,
     cmd_inventory,
     cmd_keys,
+    cmd_metrics,
     config,
     console,
     dispatch,
@@ -30,7 +31,7 @@ from bmc import (
 )
 from bmc.compat import const
 
-COMMAND_MODULES = (cmd_core, cmd_keys, cmd_inventory, cmd_boot)
+COMMAND_MODULES = (cmd_core, cmd_keys, cmd_metrics, cmd_inventory, cmd_boot)
 
 WDT_MS = const(5000)
 _MAX_WAIT_MS = const(100)
