@@ -84,7 +84,19 @@ def load_key(path: str) -> Key:
 
 def write_new_key(path: str) -> Key:
     """Create `path` (it must not exist) with a new random key, mode 0600."""
-    key = Key.generate()
+    return write_key(path, Key.generate())
+
+
+def write_key(path: str, key: Key, replace: bool = False) -> Key:
+    """Write `key` to a new file `path` with mode 0600.
+
+    With `replace`, an existing file is replaced atomically (temp file, then rename).
+    """
+    target = path
+    if replace:
+        path = path + ".new"
+        if os.path.lexists(path):
+            os.unlink(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -97,7 +109,9 @@ def write_new_key(path: str) -> Key:
         os.fsync(fd)
     finally:
         os.close(fd)
-    key.path = path
+    if replace:
+        os.replace(path, target)
+    key.path = target
     return key
 
 

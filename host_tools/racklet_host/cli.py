@@ -1,0 +1,622 @@
+"""bmcctl: drive the BMCs on the backplane hub (or a simulated rack) from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+
+from . import discovery
+from .client import DEFAULT_TIMEOUT, DISRUPTIVE_ACTIONS, POWER_ACTIONS, BmcClient, open_client
+from .discovery import BmcPort
+from .errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    BmcError,
+    KeyFileError,
+    NoBmcFound,
+    PresenceRequired,
+)
+from .keys import ENV_KEY_FILE, Key, key_file_path, load_key, load_or_create, write_key
+
+Row = Dict[str, Any]
+Action = Callable[[BmcClient], Any]
+
+EPILOG = f"""\
+targets: slot names (slot3 or 3), serial numbers or port paths; several at once, or --all.
+  With no target, the only BMC found is used.
+keys: only from --key-file F or ${ENV_KEY_FILE}; the file holds 64 hex digits and must
+  have mode 0600. Never put a key on the command line.
+exit codes:
+  0  every target succeeded
+  1  some target failed (see its row)
+  2  usage error, or a missing or unsafe key file
+  3  no BMC found, or a target matches none
+  4  authentication refused, role too low, or locked out
+  5  not allowed in the BMC's current state, or BOOTSEL must be held
+  6  timeout, device gone, or port busy
+  With several targets, the code is the failures' common code, else 1.
+"""
+
+
+class UsageError(BmcError):
+    code = "usage"
+    exit_code = EXIT_USAGE
+
+
+# -- argument parsing ---------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bmcctl",
+        description="Manage Racklet BMCs on the backplane USB hub or in a simulated rack.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--rack", metavar="DIR", help="a simulated rack (default: $BMC_RACK)")
+    p.add_argument("--port", metavar="PATH", help="talk to this serial device only")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--key-file", metavar="F", help=f"key file (default: ${ENV_KEY_FILE})")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT:g})",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        return sp
+
+    def targets(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("targets", nargs="*", metavar="TARGET", help="slot, serial or port")
+        sp.add_argument("--all", "-a", action="store_true", help="every BMC found")
+
+    cmd("list", "list the BMCs found, with serial, board and power state")
+    targets(cmd("status", "power state, rails, cause, fault, uptime, lock-out"))
+    sp = cmd("power", "a power action: " + ", ".join(POWER_ACTIONS))
+    sp.add_argument("action", metavar="ACTION", help=", ".join(POWER_ACTIONS))
+    targets(sp)
+    targets(cmd("reset", "ForceRestart of the SBC"))
+    sp = cmd("bmc-reboot", "restart the BMC itself (the SBC keeps running)")
+    targets(sp)
+    sp.add_argument("--no-wait", action="store_true", help="do not wait for it to come back")
+    sp = cmd("identify", "blink the identify LED")
+    sp.add_argument("--seconds", type=int, default=15, metavar="N", help="0 stops (default 15)")
+    targets(sp)
+    sp = cmd("events", "read the event log")
+    sp.add_argument("--since", type=int, default=0, metavar="SEQ", help="entries after SEQ")
+    targets(sp)
+    sp = cmd("console", "read the SBC's console")
+    sp.add_argument("--since", type=int, default=-1, metavar="OFFSET", help="from this offset")
+    sp.add_argument("--follow", "-f", action="store_true", help="keep reading (one target)")
+    targets(sp)
+    sp = cmd("config", "runtime settings")
+    csub = sp.add_subparsers(dest="action", metavar="ACTION")
+    csub.required = True
+    targets(csub.add_parser("get", help="show the settings"))
+    cs = csub.add_parser("set", help="change one setting (VALUE is JSON, or else a string)")
+    cs.add_argument("name", metavar="KEY")
+    cs.add_argument("value", metavar="VALUE")
+    targets(cs)
+    sp = cmd("keys", "provision, add, rotate, revoke and list keys")
+    ksub = sp.add_subparsers(dest="action", metavar="ACTION")
+    ksub.required = True
+    kp = ksub.add_parser(
+        "provision",
+        help="install the first admin key (unprovisioned BMC, BOOTSEL held)",
+        description="Writes a new random key to --key-file when the file does not exist, "
+        "and uses the key in it when it does. Hold BOOTSEL on the BMC meanwhile "
+        "(simulator: bmc-sim bootsel --rack DIR SLOT).",
+    )
+    kp.add_argument("targets", nargs=1, metavar="SLOT")
+    kp.add_argument("--role", default="admin", choices=["admin"])
+    kp.set_defaults(all=False)
+    ka = ksub.add_parser("add", help="add a key (new file, mode 0600) for a role")
+    ka.add_argument("--role", required=True, choices=["operator", "admin"])
+    ka.add_argument("--new-key-file", required=True, metavar="F2", help="created, or reused")
+    targets(ka)
+    kr = ksub.add_parser(
+        "rotate",
+        help="replace the key in --key-file by a new one of the same role",
+        description="Adds a new key for the same role, writes it to --new-key-file (default: "
+        "replaces --key-file), then revokes the old key.",
+    )
+    kr.add_argument("--new-key-file", metavar="F2")
+    targets(kr)
+    kv = ksub.add_parser("revoke", help="revoke a key by its id")
+    kv.add_argument("key_id", metavar="KEY_ID")
+    targets(kv)
+    targets(ksub.add_parser("list", help="key ids and roles (never the keys)"))
+    targets(cmd("maintenance", "reboot into maintenance mode (REPL) once"))
+    targets(cmd("factory-reset", "forget keys and settings (BOOTSEL held)"))
+    return p
+
+
+# -- targets ------------------------------------------------------------------
+
+
+def find_targets(args: argparse.Namespace, timeout: float) -> List[BmcPort]:
+    ports = discovery.discover(rack=args.rack, port=args.port)
+    sels: List[str] = list(getattr(args, "targets", []) or [])
+    if getattr(args, "all", False) or args.command == "list":
+        if sels:
+            raise UsageError("give targets or --all, not both")
+        return ports
+    if not sels:
+        if len(ports) == 1:
+            return ports
+        names = ", ".join(p.name for p in ports)
+        raise UsageError(f"{len(ports)} BMCs found ({names}): name targets or use --all")
+    chosen: List[BmcPort] = []
+    unknown: List[str] = []
+    for sel in sels:
+        hit = discovery.match(ports, sel)
+        if hit is None:
+            unknown.append(sel)
+        elif hit not in chosen:
+            chosen.append(hit)
+    if unknown:
+        # maybe serial numbers the ports do not advertise: ask the BMCs
+        serials = _ask_serials([p for p in ports if p.serial is None], timeout)
+        for sel in unknown:
+            hit = next((p for p in serials if p.serial == sel or p.serial == sel.upper()), None)
+            if hit is None:
+                raise NoBmcFound(f"no BMC matches '{sel}'")
+            if hit not in chosen:
+                chosen.append(hit)
+    return chosen
+
+
+def _ask_serials(ports: Sequence[BmcPort], timeout: float) -> List[BmcPort]:
+    def one(port: BmcPort) -> None:
+        try:
+            with open_client(port, timeout=timeout) as c:
+                port.serial = c.hello().get("serial")
+        except BmcError:
+            pass
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(ports)))) as ex:
+        list(ex.map(one, ports))
+    return list(ports)
+
+
+def run_all(
+    ports: Sequence[BmcPort], action: Action, key: Optional[Key], timeout: float
+) -> List[Row]:
+    """Run `action` on every target in parallel; one row per target, in target order."""
+
+    def one(port: BmcPort) -> Row:
+        row: Row = {"target": port.name, "port": port.path}
+        try:
+            with open_client(port, key=key, timeout=timeout) as c:
+                row["data"] = action(c)
+                row["ok"] = True
+        except BmcError as e:
+            row.update(ok=False, error=e.code, message=e.message, exit_code=e.exit_code)
+            if e.data:
+                row["data"] = e.data
+        except Exception as e:  # a bug must still give one line per target
+            row.update(ok=False, error="internal", message=repr(e), exit_code=EXIT_FAILED)
+        return row
+
+    if len(ports) == 1:
+        return [one(ports[0])]
+    with ThreadPoolExecutor(max_workers=min(16, len(ports))) as ex:
+        return list(ex.map(one, ports))
+
+
+def exit_code(rows: Sequence[Row]) -> int:
+    codes = {r["exit_code"] for r in rows if not r.get("ok")}
+    if not codes:
+        return EXIT_OK
+    if len(codes) == 1:
+        return int(codes.pop())
+    return EXIT_FAILED
+
+
+# -- output -------------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
+def _rails(rails: Any) -> str:
+    if not isinstance(rails, list):
+        return "-"
+    out = []
+    for r in rails:
+        if isinstance(r, dict):
+            pg = r.get("pgood")
+            out.append(f"{r.get('name')}:{'ok' if pg else 'off' if pg is False else '?'}")
+    return " ".join(out) or "-"
+
+
+def _duration(ms: Any) -> str:
+    if not isinstance(ms, int):
+        return "-"
+    s = ms // 1000
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def status_columns(d: Dict[str, Any]) -> Dict[str, str]:
+    lock = d.get("locked_out_ms") or 0
+    return {
+        "state": _fmt(d.get("state")),
+        "rails": _rails(d.get("rails")),
+        "cause": _fmt(d.get("cause")),
+        "fault": _fmt(d.get("fault")),
+        "uptime": _duration(d.get("uptime_ms")),
+        "locked": f"{lock // 1000}s" if lock else "no",
+    }
+
+
+def generic_columns(d: Any) -> Dict[str, str]:
+    if not isinstance(d, dict):
+        return {"result": _fmt(d)}
+    return {k: _fmt(v) for k, v in d.items()}
+
+
+def print_table(rows: Sequence[Row], columns: Callable[[Any], Dict[str, str]], out: TextIO) -> None:
+    header = ["target"]
+    cells: List[Dict[str, str]] = []
+    for r in rows:
+        if r.get("ok"):
+            c = columns(r.get("data"))
+        else:
+            c = {"error": f"{r['error']}: {r['message']}"}
+        c["target"] = r["target"]
+        for k in c:
+            if k not in header:
+                header.append(k)
+        cells.append(c)
+    if "error" in header:  # errors last
+        header.remove("error")
+        header.append("error")
+    widths = {h: max([len(h)] + [len(c.get(h, "")) for c in cells]) for h in header}
+    out.write("  ".join(h.upper().ljust(widths[h]) for h in header).rstrip() + "\n")
+    for c in cells:
+        out.write("  ".join(c.get(h, "").ljust(widths[h]) for h in header).rstrip() + "\n")
+
+
+def emit(
+    args: argparse.Namespace,
+    rows: List[Row],
+    columns: Callable[[Any], Dict[str, str]] = generic_columns,
+) -> int:
+    if args.json:
+        clean = [{k: v for k, v in r.items() if k != "exit_code"} for r in rows]
+        json.dump(clean, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print_table(rows, columns, sys.stdout)
+    return exit_code(rows)
+
+
+# -- commands -----------------------------------------------------------------
+
+
+def need_key(args: argparse.Namespace) -> Key:
+    path = key_file_path(args.key_file)
+    if path is None:
+        raise KeyFileError(f"this command needs a key: --key-file F or ${ENV_KEY_FILE}")
+    return load_key(path)
+
+
+def confirm(args: argparse.Namespace, what: str, ports: Sequence[BmcPort]) -> None:
+    if args.yes or len(ports) < 2 or not sys.stdin.isatty():
+        return
+    names = ", ".join(p.name for p in ports)
+    sys.stderr.write(f"{what} on {len(ports)} BMCs ({names})? [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise UsageError("cancelled")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    ports = find_targets(args, args.timeout)
+
+    def action(c: BmcClient) -> Dict[str, Any]:
+        h = c.hello()
+        st = c.status()
+        return {
+            "serial": h.get("serial"),
+            "board": h.get("board"),
+            "fw": h.get("fw"),
+            "provisioned": h.get("provisioned"),
+            "state": st.get("state"),
+        }
+
+    rows = run_all(ports, action, None, args.timeout)
+    for r, p in zip(rows, ports):
+        r["port"] = os.path.realpath(p.path) if p.source == "rack" else p.path
+        if p.location:
+            r["location"] = p.location
+
+    def columns(d: Dict[str, Any]) -> Dict[str, str]:
+        return {k: _fmt(d.get(k)) for k in ("serial", "board", "fw", "provisioned", "state")}
+
+    if not args.json:
+        for r in rows:  # the port column is worth showing in a listing
+            if r.get("ok"):
+                r["data"] = {"port": r["port"], **r["data"]}
+
+        def columns2(d: Dict[str, Any]) -> Dict[str, str]:
+            return {"port": _fmt(d.get("port")), **columns(d)}
+
+        return emit(args, rows, columns2)
+    return emit(args, rows, columns)
+
+
+def simple(
+    args: argparse.Namespace,
+    action: Action,
+    *,
+    key: bool = True,
+    columns: Callable[[Any], Dict[str, str]] = generic_columns,
+    confirm_what: Optional[str] = None,
+) -> int:
+    k = need_key(args) if key else None
+    ports = find_targets(args, args.timeout)
+    if confirm_what:
+        confirm(args, confirm_what, ports)
+    rows = run_all(ports, action, k, args.timeout)
+    return emit(args, rows, columns)
+
+
+def cmd_power(args: argparse.Namespace) -> int:
+    action = args.action
+    match = {a.lower(): a for a in POWER_ACTIONS}.get(action.lower())
+    if match is None:
+        raise UsageError(f"unknown power action {action}; one of: {', '.join(POWER_ACTIONS)}")
+    what = f"power {match}" if match in DISRUPTIVE_ACTIONS else None
+    return simple(args, lambda c: c.power(match), columns=status_columns, confirm_what=what)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    key = need_key(args)
+    ports = find_targets(args, args.timeout)
+
+    def action(c: BmcClient) -> Dict[str, Any]:
+        events, data = c.events(args.since)
+        return {"events": events, **data}
+
+    rows = run_all(ports, action, key, args.timeout)
+    if args.json:
+        return emit(args, rows)
+    for r in rows:
+        prefix = f"{r['target']}  " if len(rows) > 1 else ""
+        if not r.get("ok"):
+            print(f"{r['target']}: {r['error']}: {r['message']}")
+            continue
+        for ev in r["data"]["events"]:
+            print(
+                f"{prefix}{ev.get('seq', '-'):>5} boot {ev.get('boot', '-')} "
+                f"{_duration(ev.get('uptime_ms')):>6}  {ev.get('kind', '-')}/"
+                f"{ev.get('cause', '-')}  {ev.get('detail', '')}".rstrip()
+            )
+        if r["data"].get("dropped"):
+            print(f"{prefix}({r['data']['dropped']} older events dropped)")
+    return exit_code(rows)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    key = need_key(args)
+    ports = find_targets(args, args.timeout)
+    if args.follow:
+        if len(ports) != 1:
+            raise UsageError("--follow takes exactly one target")
+        with open_client(ports[0], key=key, timeout=args.timeout) as c:
+            since = args.since
+            while True:
+                body, data = c.console(since)
+                if data.get("lost"):
+                    sys.stderr.write(f"[{data['lost']} console bytes lost]\n")
+                sys.stdout.buffer.write(body)
+                sys.stdout.flush()
+                since = int(data.get("next", since))
+                time.sleep(0.3)
+
+    def action(c: BmcClient) -> Dict[str, Any]:
+        body, data = c.console(args.since)
+        return {"text": body.decode("utf-8", "replace"), **data}
+
+    rows = run_all(ports, action, key, args.timeout)
+    if args.json:
+        return emit(args, rows)
+    for r in rows:
+        if not r.get("ok"):
+            print(f"{r['target']}: {r['error']}: {r['message']}")
+            continue
+        if len(rows) > 1:
+            print(f"==> {r['target']} <==")
+        sys.stdout.write(r["data"]["text"])
+        if r["data"]["text"] and not r["data"]["text"].endswith("\n"):
+            sys.stdout.write("\n")
+    return exit_code(rows)
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "get":
+        return simple(args, lambda c: c.config_get())
+    value = parse_value(args.value)
+    return simple(args, lambda c: c.config_set(args.name, value))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    if args.action == "provision":
+        return keys_provision(args)
+    if args.action == "add":
+        new, created = load_or_create(args.new_key_file)
+        if not args.json and created:
+            sys.stderr.write(f"wrote a new {args.role} key to {args.new_key_file}\n")
+        return simple(args, lambda c: c.keys_add(args.role, new))
+    if args.action == "rotate":
+        return keys_rotate(args)
+    if args.action == "revoke":
+        return simple(args, lambda c: c.keys_revoke(args.key_id))
+
+    def columns(d: Dict[str, Any]) -> Dict[str, str]:
+        keys = d.get("keys") or []
+        return {"keys": " ".join(f"{k.get('id')}:{k.get('role')}" for k in keys) or "-"}
+
+    return simple(args, lambda c: {"keys": c.keys_list()}, columns=columns)
+
+
+def keys_provision(args: argparse.Namespace) -> int:
+    path = key_file_path(args.key_file)
+    if path is None:
+        raise KeyFileError(f"keys provision needs --key-file F (or ${ENV_KEY_FILE})")
+    ports = find_targets(args, args.timeout)
+    if len(ports) != 1:
+        raise UsageError("keys provision takes exactly one target")
+    key, created = load_or_create(path)
+    if not args.json:
+        how = "wrote a new key to" if created else "using the key in"
+        sys.stderr.write(
+            f"{how} {path} (id {key.key_id}); hold BOOTSEL on {ports[0].name} now"
+            f"{_bootsel_hint(args, ports[0])}\n"
+        )
+    rows = run_all(ports, lambda c: c.keys_provision(args.role, key), None, args.timeout)
+    for r in rows:
+        if r.get("error") == PresenceRequired.code:
+            r["message"] += _bootsel_hint(args, ports[0]) + ", and run this again"
+    return emit(args, rows)
+
+
+def _bootsel_hint(args: argparse.Namespace, port: BmcPort) -> str:
+    if port.source == "rack":
+        rack = args.rack or os.environ.get(discovery.ENV_RACK, "DIR")
+        return f" (simulator: bmc-sim bootsel --rack {rack} {port.name})"
+    return ""
+
+
+def keys_rotate(args: argparse.Namespace) -> int:
+    old = need_key(args)
+    ports = find_targets(args, args.timeout)
+    new = Key.generate()
+
+    # 1. find the old key's role and add the new key with it, everywhere
+    def add(c: BmcClient) -> Dict[str, Any]:
+        role = next((k.get("role") for k in c.keys_list() if k.get("id") == old.key_id), None)
+        if role is None:
+            raise KeyFileError(f"key {old.key_id} is not installed on this BMC")
+        c.keys_add(str(role), new)
+        return {"role": role}
+
+    rows = run_all(ports, add, old, args.timeout)
+    if not all(r.get("ok") for r in rows):
+        # undo where it worked; the old key stays in force everywhere
+        done = [p for p, r in zip(ports, rows) if r.get("ok")]
+        run_all(done, lambda c: c.keys_revoke(new.key_id), old, args.timeout)
+        for r in rows:
+            if r.get("ok"):
+                r.update(ok=False, error="aborted", exit_code=EXIT_FAILED)
+                r["message"] = "rotation aborted: another target failed; old key kept"
+        return emit(args, rows)
+    # 2. store the new key before the old one stops working
+    target = args.new_key_file or old.path
+    assert target is not None
+    write_key(target, new, replace=args.new_key_file is None)
+    # 3. revoke the old key with the new one
+    rows = run_all(ports, lambda c: c.keys_revoke(old.key_id), new, args.timeout)
+    for r in rows:
+        if r.get("ok"):
+            r["data"] = {"old": old.key_id, "new": new.key_id, "key_file": target}
+        else:
+            r["message"] += f" (the new key {new.key_id} is in {target}; old key still valid)"
+    return emit(args, rows)
+
+
+def cmd_bmc_reboot(args: argparse.Namespace) -> int:
+    wait = not args.no_wait
+    limit = max(30.0, args.timeout)
+
+    def action(c: BmcClient) -> Dict[str, Any]:
+        c.bmc_reboot(wait=wait, timeout=limit)
+        return {"rebooted": True, "back": wait}
+
+    return simple(args, action)
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    def action(c: BmcClient) -> Dict[str, Any]:
+        data = c.maintenance()
+        c.wait_gone(min(args.timeout, 5.0))
+        return {**data, "next": "REPL on this port after the reboot; use mpremote"}
+
+    return simple(args, action, confirm_what="maintenance mode (REPL until the next reset)")
+
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
+    "list": cmd_list,
+    "status": lambda a: simple(a, lambda c: c.status(), key=False, columns=status_columns),
+    "power": cmd_power,
+    "reset": lambda a: simple(
+        a, lambda c: c.reset(), columns=status_columns, confirm_what="reset (ForceRestart)"
+    ),
+    "bmc-reboot": cmd_bmc_reboot,
+    "identify": lambda a: simple(a, lambda c: c.identify(a.seconds)),
+    "events": cmd_events,
+    "console": cmd_console,
+    "config": cmd_config,
+    "keys": cmd_keys,
+    "maintenance": cmd_maintenance,
+    "factory-reset": lambda a: simple(a, lambda c: c.factory_reset(), key=False),
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed the usage line
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        code = COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        sys.stderr.write("bmcctl: interrupted\n")
+        return 130
+    except BmcError as e:
+        sys.stderr.write(f"bmcctl: {e.message}\n")
+        return e.exit_code
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # never a traceback
+        sys.stderr.write(f"bmcctl: internal error: {e!r}\n")
+        return EXIT_FAILED
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
