@@ -156,10 +156,10 @@ def _signal(raw, field, pins, output):
     pin = pins.take(raw["pin"], field + ".pin")
     active = raw.get("active", "high")
     if active not in ("high", "low"):
-        _err(field + ".active", "expected \"high\" or \"low\", got " + repr(active))
+        _err(field + ".active", 'expected "high" or "low", got ' + repr(active))
     pull = raw.get("pull", None)
     if pull not in ("up", "down", None):
-        _err(field + ".pull", "expected \"up\", \"down\" or null, got " + repr(pull))
+        _err(field + ".pull", 'expected "up", "down" or null, got ' + repr(pull))
     od = raw.get("open_drain", False)
     if not isinstance(od, bool):
         _err(field + ".open_drain", "expected true or false, got " + repr(od))
@@ -207,7 +207,7 @@ def _adc(raw, pins):
         if kind == "voltage":
             for k in ("shunt_ohms", "gain"):
                 if k in a:
-                    _err(f + "." + k, "only for kind \"current\"")
+                    _err(f + "." + k, 'only for kind "current"')
             scale = _num(a, "scale", f + ".scale", 1.0, 0.001, 1000.0)
         elif kind == "current":
             if "scale" in a:
@@ -218,7 +218,7 @@ def _adc(raw, pins):
             gain = _num(a, "gain", f + ".gain", 1.0, 0.01, 10000.0)
             scale = 1.0 / (shunt * gain)
         else:
-            _err(f + ".kind", "expected \"voltage\" or \"current\", got " + repr(kind))
+            _err(f + ".kind", 'expected "voltage" or "current", got ' + repr(kind))
         offset = _num(a, "offset", f + ".offset", 0.0, -1000.0, 1000.0)
         out[name] = {
             "channel": ch,
@@ -233,7 +233,9 @@ def _adc(raw, pins):
 def _ina219(raw, pins):
     f = "ina219"
     raw = _obj(raw, f)
-    _keys(raw, ("bus", "sda", "scl", "freq", "address", "shunt_ohms", "max_current_a", "comment"), f)
+    _keys(
+        raw, ("bus", "sda", "scl", "freq", "address", "shunt_ohms", "max_current_a", "comment"), f
+    )
     for k in ("bus", "sda", "scl"):
         if k not in raw:
             _err(f + "." + k, "missing")
@@ -274,9 +276,7 @@ def validate(raw):
     for role in sraw:
         if role not in ROLES:
             _err("signals." + str(role), "unknown role (known: " + ", ".join(ROLES) + ")")
-        signals[role] = _signal(
-            sraw[role], "signals." + role, pins, role not in INPUT_ROLES
-        )
+        signals[role] = _signal(sraw[role], "signals." + role, pins, role not in INPUT_ROLES)
     for role in REQUIRED_ROLES:
         if role not in signals:
             _err("signals." + role, "missing required role")
@@ -311,7 +311,7 @@ def validate(raw):
             role = None
         elif isinstance(en, str):
             if en != "global_en":
-                _err(f + ".enable", "expected a signal or \"global_en\", got " + repr(en))
+                _err(f + ".enable", 'expected a signal or "global_en", got ' + repr(en))
             if "global_en" not in signals:
                 _err(f + ".enable", "refers to signals.global_en, which is missing")
             if ge_used:
@@ -328,11 +328,16 @@ def validate(raw):
         lo, hi = PGOOD_TIMEOUT_RANGE
         tmo = _int(r, "pgood_timeout_ms", f + ".pgood_timeout_ms", DEFAULT_PGOOD_TIMEOUT_MS, lo, hi)
         rails.append(
-            {"name": rname, "enable": enable, "enable_role": role, "pgood": pgood,
-             "pgood_timeout_ms": tmo}
+            {
+                "name": rname,
+                "enable": enable,
+                "enable_role": role,
+                "pgood": pgood,
+                "pgood_timeout_ms": tmo,
+            }
         )
     if "global_en" in signals and not ge_used:
-        _err("signals.global_en", "must be the enable of a rail (\"enable\": \"global_en\")")
+        _err("signals.global_en", 'must be the enable of a rail ("enable": "global_en")')
     defn["rails"] = rails
     defn["console"] = _console(raw["console"], pins) if raw.get("console") is not None else None
     defn["adc"] = _adc(raw["adc"], pins) if raw.get("adc") is not None else {}
@@ -350,7 +355,9 @@ def validate(raw):
     defn["timing"] = timing
     rp = raw.get("restore_policy", "AlwaysOff")
     if rp not in RESTORE_POLICIES:
-        _err("restore_policy", "expected one of " + ", ".join(RESTORE_POLICIES) + ", got " + repr(rp))
+        _err(
+            "restore_policy", "expected one of " + ", ".join(RESTORE_POLICIES) + ", got " + repr(rp)
+        )
     defn["restore_policy"] = rp
     return defn
 

@@ -40,8 +40,11 @@ class BmcState:
         try:
             self._store.save(
                 _NAME,
-                {"boot_count": self.boot_count, "reset_cause": self.reset_cause,
-                 "sbc_on": self.sbc_on},
+                {
+                    "boot_count": self.boot_count,
+                    "reset_cause": self.reset_cause,
+                    "sbc_on": self.sbc_on,
+                },
             )
         except OSError:
             self.write_errors += 1

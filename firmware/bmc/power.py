@@ -139,7 +139,9 @@ class PowerController:
             was_on = persist.sbc_on
             if was_on:
                 self._enter(OFF, "power_lost_while_bmc_away", "SBC was on when the BMC went down")
-                self._events.add("warning", "power_lost_while_bmc_away", "SBC found off at BMC start")
+                self._events.add(
+                    "warning", "power_lost_while_bmc_away", "SBC found off at BMC start"
+                )
             else:
                 self._enter(OFF, adopt_cause, "adopted: no rail has power-good")
             policy = self.config.value("restore_policy")
@@ -266,7 +268,7 @@ class PowerController:
         return "only possible while On"
 
     def set_boot_mode(self, mode):
-        """"normal" or "usb": how the boot-select line is held at the next power-on / RUN pulse."""
+        """Boot mode "normal" or "usb": how boot-select is held at the next power-on / RUN pulse."""
         if mode not in BOOT_MODES:
             raise ValueError("boot mode must be one of %s, got %r" % (", ".join(BOOT_MODES), mode))
         sigs = self._defn["signals"]
@@ -502,7 +504,9 @@ class PowerController:
             elif self._due(now):
                 self.forced_off_total += 1
                 ms = self.config.value("graceful_timeout_ms")
-                self._events.add("warning", "graceful_timeout", "no halt within %d ms: forcing off" % ms)
+                self._events.add(
+                    "warning", "graceful_timeout", "no halt within %d ms: forcing off" % ms
+                )
                 self._begin_off("graceful_timeout", self._pending_on)
                 return
         if self._phase == "settle" and self._due(now):
