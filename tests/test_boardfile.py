@@ -8,7 +8,6 @@ import pathlib
 from typing import Any
 
 import pytest
-
 from bmc import boardfile
 from bmc.boardfile import BoardFileError
 
