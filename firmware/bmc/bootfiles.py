@@ -47,7 +47,7 @@ _NAME_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/"
 _HEX = "0123456789abcdef"
 _MANIFEST = "boot_manifest"
 
-REPORT_EVENTS = ("serve", "mismatch", "missing", "refused", "done", "failed")
+REPORT_EVENTS = ("check", "serve", "mismatch", "missing", "refused", "done", "failed")
 COUNTERS = (
     "files_served",
     "bytes_streamed",
@@ -131,6 +131,7 @@ class BootFiles:
         self.timeout_ms = TIMEOUT_DEFAULT_MS
         self.started_ms = 0
         self.session_files = 0
+        self.session_missing = 0
         self.power = None  # set by cmd_boot: needs set_boot_mode() and an action runner
         self.power_action = None
         self.mux = None  # a bmc.lines Line (role usb_mux) or None
@@ -405,13 +406,15 @@ class BootFiles:
     def report(self, event, name, sha, gen, detail):
         c = self.counters
         self._touch()
-        if event == "serve":
+        if event == "check" or event == "serve":
             check_name(name)
             try:
                 e = self._vouch(name, gen, sha)
             except errors.CmdError as ex:
                 self.events.add("fault", "boot_refused", "%s: %s" % (name, ex.message))
                 raise
+            if event == "check":
+                return {"name": name, "size": e[1], "sha256": e[2], "src": e[3]}
             c["files_served"] += 1
             self.session_files += 1
             if self.state == "waiting":
@@ -421,15 +424,17 @@ class BootFiles:
             c["digest_mismatch"] += 1
             self.events.add("fault", "boot_digest_mismatch", "%s %s" % (name, detail))
         elif event == "missing":
-            c["missing"] += 1
-            self.events.add("warning", "boot_file_missing", "%s %s" % (name, detail))
+            c["missing"] += 1  # counted, not logged: ROMs probe for optional files
+            self.session_missing += 1
         elif event == "refused":
             c["refused"] += 1
             self.events.add("warning", "boot_file_refused", "%s %s" % (name, detail))
         elif event == "done":
             c["boots_done"] += 1
             self.events.add(
-                "action", "usb_boot_done", "%d file(s) %s" % (self.session_files, detail)
+                "action",
+                "usb_boot_done",
+                "%d served, %d unlisted asked" % (self.session_files, self.session_missing),
             )
             self._finish("done", detail)
         elif event == "failed":
@@ -465,6 +470,7 @@ class BootFiles:
         self.state = "waiting"
         self.detail = ""
         self.session_files = 0
+        self.session_missing = 0
         self.started_ms = self.clock.ticks_ms()
         self._touch()
         self.events.add("action", "usb_boot_power_cycle", "timeout %d ms" % timeout_ms)

@@ -1,0 +1,328 @@
+"""The usbboot relay: serve an SBC in USB device boot exactly what its BMC vouches for.
+
+The BMC holds the boot manifest (name, size, SHA-256, source of every file) and
+orchestrates; this relay is only a pipe between the SBC's boot ROM (over a
+`transport.UsbBus`) and the BMC (over its CDC link, `BmcClient`):
+
+- stage 1: the bootcode for the ROM's product id (bootcode.bin, bootcode4.bin,
+  bootcode5.bin) goes out after a 24-byte boot message; the ROM answers a
+  4-byte return code and enumerates again as the file server;
+- stage 2: for each request, a name the manifest does not list gets size 0 (as
+  usbboot does for a missing file), a name with ".." is refused (size 0,
+  reported), `*PROPERTY*VALUE` metadata is acked with a zero-length write; a
+  listed file is first vouched for by the BMC (`boot-report serve` with the
+  manifest generation: a changed manifest stops the boot), then read from the
+  BMC (streamed) or from the host's content-addressed cache (DIR/sha256/<hex>),
+  and its SHA-256 and size are checked before a single byte goes to the SBC.
+  A mismatch is refused, reported to the BMC (logged and counted there) and
+  the boot fails visibly (`BootFailed`, non-zero exit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..client import BmcClient
+from ..errors import BmcError, Conflict, LinkGone, NotFound, Timeout
+from ..keys import Key
+from .transport import PRODUCTS, ROM_SERIALS, UsbBus, UsbDevice, UsbError, ep_read, ep_write
+
+REQUEST = struct.Struct("<i256s")
+GET_FILE_SIZE = 0
+READ_FILE = 1
+DONE = 2
+MAX_FILE = 0x7FFFFFFF
+
+
+class BootFailed(Exception):
+    """The boot could not go on; the message says why (it was reported to the BMC)."""
+
+
+class Entry:
+    __slots__ = ("name", "size", "sha256", "src")
+
+    def __init__(self, name: str, size: int, sha256: str, src: str) -> None:
+        self.name = name
+        self.size = size
+        self.sha256 = sha256
+        self.src = src
+
+    def __repr__(self) -> str:
+        return f"Entry({self.name!r}, {self.size}, {self.sha256[:12]}, {self.src})"
+
+
+def sha256_file(path: str) -> Tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 16)
+            if not block:
+                break
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n
+
+
+class Cache:
+    """Content-addressed boot files on the host: ROOT/sha256/<hex digest>."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def path(self, sha: str) -> str:
+        return os.path.join(self.root, "sha256", sha)
+
+    def add(self, src: str) -> Tuple[str, int]:
+        """Copy a file in (temp file, then rename); its digest and size."""
+        sha, size = sha256_file(src)
+        dest = self.path(sha)
+        if not os.path.exists(dest):
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
+            os.close(fd)
+            try:
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        return sha, size
+
+    def read(self, sha: str, size: int) -> Tuple[Optional[bytes], str]:
+        """(data, "") when the cached file has this digest and size, else (None, why)."""
+        p = self.path(sha)
+        try:
+            with open(p, "rb") as f:
+                data = f.read(size + 1)
+        except FileNotFoundError:
+            return None, f"not in the host cache ({p})"
+        except OSError as e:
+            return None, f"cannot read {p}: {e.strerror}"
+        got = hashlib.sha256(data).hexdigest()
+        if len(data) != size or got != sha:
+            return None, f"digest mismatch in the host cache: {p} has sha256 {got}, {len(data)} B"
+        return data, ""
+
+
+class BmcSource:
+    """The BMC's side: its manifest, its vouching, its files, its log."""
+
+    def __init__(self, client: BmcClient, key: Optional[Key], cache: Optional[Cache]) -> None:
+        self.client = client
+        self.key = key
+        self.cache = cache
+        self.gen = -1
+        self.entries: Dict[str, Entry] = {}
+
+    def load_manifest(self) -> None:
+        d = self.client.call("boot-manifest-get", auth=False)
+        self.gen = int(d["gen"])
+        self.entries = {}
+        for f in d["files"]:
+            self.entries[f["name"]] = Entry(f["name"], int(f["size"]), f["sha256"], f["src"])
+
+    def vouch(self, e: Entry, event: str = "check") -> None:
+        """The BMC confirms this file is in its current manifest; BootFailed if not.
+
+        "check" before reading it, "serve" right before the bytes go to the SBC
+        (the BMC counts those).
+        """
+        try:
+            self.client.call(
+                "boot-report",
+                {"event": event, "name": e.name, "sha256": e.sha256, "gen": self.gen},
+                self.key,
+            )
+        except (Conflict, NotFound) as ex:
+            raise BootFailed(f"the BMC no longer vouches for {e.name}: {ex.message}") from None
+
+    def fetch(self, e: Entry) -> Tuple[Optional[bytes], str]:
+        """The file's bytes, verified against the manifest; (None, why) on a mismatch."""
+        if e.src == "host":
+            if self.cache is None:
+                return None, "no host cache given (--cache DIR)"
+            return self.cache.read(e.sha256, e.size)
+        buf = bytearray()
+
+        def sink(chunk: bytes) -> None:
+            if len(buf) + len(chunk) > e.size:
+                raise BootFailed(f"{e.name}: the BMC sent more than {e.size} bytes")
+            buf.extend(chunk)
+
+        self.client.call(
+            "boot-file-read",
+            {"name": e.name, "gen": self.gen, "sha256": e.sha256},
+            self.key,
+            on_chunk=sink,
+        )
+        got = hashlib.sha256(buf).hexdigest()
+        if len(buf) != e.size or got != e.sha256:
+            return None, f"digest mismatch from the BMC: sha256 {got}, {len(buf)} B"
+        return bytes(buf), ""
+
+    def report(self, event: str, name: str = "", detail: str = "") -> Optional[str]:
+        """Tell the BMC; None when it was told, else why not (the BMC is gone, ...)."""
+        args: Dict[str, Any] = {"event": event, "detail": detail[:80]}
+        if name:
+            args["name"] = name[:72]
+        for attempt in range(3):
+            try:
+                self.client.call("boot-report", args, self.key, timeout=3.0)
+                return None
+            except (LinkGone, Timeout) as e:
+                why = e.message
+                time.sleep(0.5 * (attempt + 1))
+            except BmcError as e:
+                return e.message
+        return why
+
+
+class Relay:
+    def __init__(
+        self,
+        source: BmcSource,
+        bus: UsbBus,
+        log: Callable[[str], None] = lambda s: None,
+        wait_timeout: float = 60.0,
+        stage_timeout: float = 15.0,
+    ) -> None:
+        self.source = source
+        self.bus = bus
+        self.log = log
+        self.wait_timeout = wait_timeout
+        self.stage_timeout = stage_timeout
+        self.served: List[str] = []
+        self.refused: List[str] = []
+        self.missing: List[str] = []
+        self.metadata: List[str] = []
+
+    # -- the whole boot --------------------------------------------------------
+    def run(self) -> Dict[str, Any]:
+        """Serve one boot; the summary, or BootFailed (reported to the BMC)."""
+        try:
+            self.source.load_manifest()
+            self.log(f"manifest generation {self.source.gen}: {len(self.source.entries)} files")
+            dev = self.bus.wait_device(self.wait_timeout)
+            try:
+                if dev.iserial in ROM_SERIALS:
+                    self._stage1(dev)
+                    dev.close()
+                    dev = self.bus.wait_device(self.stage_timeout)
+                    if dev.iserial in ROM_SERIALS:
+                        raise BootFailed("the SBC came back as the ROM: the bootcode did not run")
+                self.log(f"file server on {dev.location} (product {dev.product_id:#06x})")
+                self._file_server(dev)
+            finally:
+                dev.close()
+        except BootFailed as e:
+            self._fail(str(e))
+        except UsbError as e:
+            self._fail(f"USB: {e}")
+        except (LinkGone, Timeout) as e:
+            self._fail(f"BMC link lost mid-boot: {e.message}")
+        except BmcError as e:
+            self._fail(f"BMC: {e.message}")
+        summary = {
+            "served": self.served,
+            "missing": self.missing,
+            "refused": self.refused,
+            "metadata": self.metadata,
+            "gen": self.source.gen,
+        }
+        why = self.source.report("done", detail=f"{len(self.served)} served")
+        if why:
+            self.log(f"could not report done to the BMC: {why}")
+        return summary
+
+    def _fail(self, why: str) -> None:
+        self.log(f"boot failed: {why}")
+        told = self.source.report("failed", detail=why)
+        if told:
+            why += f" (and the BMC could not be told: {told})"
+        raise BootFailed(why)
+
+    # -- files -------------------------------------------------------------------
+    def _prepare(self, name: str) -> Optional[bytes]:
+        """Verified bytes of a listed file, None if unlisted; BootFailed on any doubt."""
+        e = self.source.entries.get(name)
+        if e is None:
+            return None
+        self.source.vouch(e)
+        data, why = self.source.fetch(e)
+        if data is None:
+            self.source.report("mismatch", name, why)
+            raise BootFailed(f"{name} refused: {why}")
+        return data
+
+    def _stage1(self, dev: UsbDevice) -> None:
+        name = PRODUCTS[dev.product_id]
+        self.log(f"ROM {dev.product_id:#06x} on {dev.location}: sending {name}")
+        data = self._prepare(name)
+        if data is None:
+            raise BootFailed(f"{name} is not in the boot manifest: the ROM cannot go on")
+        self.source.vouch(self.source.entries[name], "serve")
+        ep_write(dev, struct.pack("<i20s", len(data), b""))
+        ep_write(dev, data)
+        raw = ep_read(dev, 4)
+        if len(raw) != 4:
+            raise BootFailed(f"the ROM answered {len(raw)} bytes instead of a return code")
+        (code,) = struct.unpack("<i", raw)
+        if code != 0:
+            raise BootFailed(f"the ROM refused {name}: return code {code}")
+        self.served.append(name)
+
+    def _file_server(self, dev: UsbDevice) -> None:
+        held: Tuple[str, Optional[bytes]] = ("", None)
+        while True:
+            raw = ep_read(dev, REQUEST.size)
+            if len(raw) != REQUEST.size:
+                raise BootFailed(f"short file request ({len(raw)} bytes)")
+            cmd, fname = REQUEST.unpack(raw)
+            name = fname.split(b"\0", 1)[0].decode("latin-1")
+            if cmd == DONE or not name:
+                self.log("the SBC is done with the file server")
+                return
+            if cmd not in (GET_FILE_SIZE, READ_FILE):
+                raise BootFailed(f"unknown file server command {cmd}")
+            if name.startswith("*"):
+                self.metadata.append(name[1:])
+                ep_write(dev, b"")
+                continue
+            if ".." in name:
+                self.refused.append(name)
+                self.source.report("refused", name, "name with ..")
+                self.log(f"refused {name!r}: '..' in the name")
+                self._absent(dev, cmd)
+                continue
+            if held[0] != name:
+                held = (name, self._prepare(name))
+            data = held[1]
+            if data is None:
+                if name not in self.missing:
+                    self.missing.append(name)
+                    self.source.report("missing", name, "not in the manifest")
+                self._absent(dev, cmd)
+                continue
+            if cmd == GET_FILE_SIZE:
+                n = len(data)
+                dev.control_out(n & 0xFFFF, n >> 16)
+            else:
+                self.source.vouch(self.source.entries[name], "serve")  # still vouched for
+                ep_write(dev, data)
+                self.served.append(name)
+                self.log(f"served {name} ({len(data)} bytes)")
+                held = ("", None)
+
+    @staticmethod
+    def _absent(dev: UsbDevice, cmd: int) -> None:
+        if cmd == GET_FILE_SIZE:
+            dev.control_out(0, 0)
+        else:
+            ep_write(dev, b"")
