@@ -12,14 +12,17 @@ Both offer `ticks_ms()`, `ticks_diff(a, b)`, `ticks_add(t, delta)`,
 once every 2**29 ms (~6 days); the main loop calls it every pass.
 """
 
+import time as _time
+
 from bmc.compat import const, ticks_add, ticks_diff, ticks_ms
 
-try:
-    from time import sleep_ms as _sleep_ms
-except ImportError:  # CPython
-    import time as _time
+_HAS_SLEEP_MS = hasattr(_time, "sleep_ms")
 
-    def _sleep_ms(ms):
+
+def _sleep_ms(ms):
+    if _HAS_SLEEP_MS:
+        _time.sleep_ms(ms)
+    else:  # CPython
         _time.sleep(ms / 1000)
 
 
@@ -28,26 +31,12 @@ _MASK = const(0x3FFFFFFF)
 _HALF = const(0x20000000)
 
 
-class _Uptime:
-    def _uptime_init(self):
-        self._up_last = self.ticks_ms()
-        self._up_total = 0
-
-    def uptime_ms(self):
-        """Milliseconds since this clock was created (wrap-proof, see module doc)."""
-        now = self.ticks_ms()
-        d = self.ticks_diff(now, self._up_last)
-        if d > 0:
-            self._up_total += d
-            self._up_last = now
-        return self._up_total
-
-
-class Clock(_Uptime):
+class Clock:
     """The real clock of the port this runs on."""
 
     def __init__(self):
-        self._uptime_init()
+        self._up_last = self.ticks_ms()
+        self._up_total = 0
 
     def ticks_ms(self):
         return ticks_ms()
@@ -62,8 +51,17 @@ class Clock(_Uptime):
         if ms > 0:
             _sleep_ms(ms)
 
+    def uptime_ms(self):
+        """Milliseconds since this clock was created (wrap-proof, see module doc)."""
+        now = self.ticks_ms()
+        d = self.ticks_diff(now, self._up_last)
+        if d > 0:
+            self._up_total += d
+            self._up_last = now
+        return self._up_total
 
-class ManualClock(_Uptime):
+
+class ManualClock(Clock):
     """A fake clock that wraps at 2**30 like a 32-bit MicroPython port.
 
     `ManualClock(start)` starts at `start` (e.g. `2**30 - 500` to cross the wrap
@@ -74,7 +72,7 @@ class ManualClock(_Uptime):
 
     def __init__(self, start=0):
         self._now = start & _MASK
-        self._uptime_init()
+        Clock.__init__(self)
 
     def ticks_ms(self):
         return self._now
