@@ -168,6 +168,9 @@ class Renderer:
         self.last_bytes = 0
         self.last_chunks = 0
 
+    def new_out(self, view, flush):
+        return Out(view, flush)
+
     def render(self, out):
         """Write every family, then `# EOF`; returns the bytes written."""
         t0 = _mem_total() if _mem_total is not None else None
