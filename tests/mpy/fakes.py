@@ -169,6 +169,7 @@ class FakeSBC:
         now = self.clock.ticks_ms()
         self.w.settle()
         prev_all = all(self.powered)
+        was_running = self.running  # a button held while power comes up is no press
         for i in range(self.n):
             r = self.defn["rails"][i]
             up_before = i == 0 or self.powered[i - 1]
@@ -217,7 +218,8 @@ class FakeSBC:
         req = self._asserted(self._sig["shutdown_req"])
         pb = self._sig.get("power_button")
         pbv = self._asserted(pb) if pb is not None else False
-        if self.running and ((req and not self._req_was) or (pbv and not self._pb_was)):
+        pressed = (req and not self._req_was) or (pbv and not self._pb_was)
+        if was_running and self.running and pressed:
             self.shutdown_requests += 1
             if not self.halt_never and self._halt_at is None and not self.halted:
                 self._halt_at = self.clock.ticks_add(now, self.halt_delay)

@@ -618,6 +618,52 @@ def sc_tick_wrap(root):
     assert r3.pc.ms_to_next_deadline() <= 50
 
 
+def pi5_board():
+    """Pi-5-like: a power button instead of RUN/boot-select, a watched-only rail."""
+    return boardfile.validate(
+        {
+            "name": "pi5-test",
+            "signals": {
+                "power_button": {"pin": 9, "active": "low", "open_drain": True},
+                "shutdown_req": {"pin": 7, "active": "low", "open_drain": True},
+                "halted": {"pin": 8, "active": "high", "pull": "down"},
+            },
+            "rails": [
+                {"name": "5v", "enable": {"pin": 2}, "pgood": {"pin": 3, "pull": "up"}},
+                {"name": "3v3", "enable": None, "pgood": {"pin": 5, "pull": "down"}},
+            ],
+            "timing": {"min_off_ms": 500, "halt_settle_ms": 100, "boot_select_hold_ms": 300},
+        }
+    )
+
+
+def sc_pi5_power_button_and_watched_rail(root):
+    r = Rig(pi5_board(), root)
+    r.run(500)
+    r.pc.set_boot_mode("usb")  # held power button at power-on selects USB boot
+    t = r.clock.ticks_ms()
+    r.act("On")
+    r.until_state("On", 3000)
+    assert r.sbc.boot_modes == ["usb"]
+    r.run(400)
+    assert [c[1] for c in r.changes(9, t)] == [0, 1]  # held, then released
+    r.refused("ForceRestart")  # no RUN line
+    r.pc.set_boot_mode("normal")
+    t = r.clock.ticks_ms()
+    r.pc.request("PushPowerButton")  # presses the Pi's own button
+    assert r.pc.state == "ShuttingDown"
+    r.until_state("Off", 3000)
+    assert [c[1] for c in r.changes(9, t)] == [0, 1]
+    assert r.changes(7, t) == []  # shutdown_req untouched
+    assert r.sbc.shutdown_requests == 1
+    # the watched rail dropping while On is a fault like any other
+    r.act("On")
+    r.until_state("On", 3000)
+    r.sbc.dropped = [1]
+    r.until_state("Fault", 200)
+    assert "3v3" in r.pc.fault
+
+
 SCENARIOS = [
     sc_power_on_in_order,
     sc_sequencing_timeout,
@@ -642,4 +688,5 @@ SCENARIOS = [
     sc_partial_power_at_start,
     sc_boot_mode_usb,
     sc_tick_wrap,
+    sc_pi5_power_button_and_watched_rail,
 ]
