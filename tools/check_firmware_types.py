@@ -45,7 +45,9 @@ def main() -> int:
     ]
     for line in ours:
         print(line)
-    print(f"firmware type check against MicroPython stubs: {len(ours)} errors in {len(files)} files")
+    print(
+        f"firmware type check against MicroPython stubs: {len(ours)} errors in {len(files)} files"
+    )
     return 1 if ours else 0
 
 

@@ -7,11 +7,11 @@ outputs (with the adopted levels), so a BMC start never glitches the SBC.
 
 import binascii
 import gc
+import sys
 
 from bmc import (
     VERSION,
     auth,
-    boardfile,
     cmd_boot,
     cmd_core,
     cmd_inventory,
@@ -48,9 +48,7 @@ class App:
         self.serial = binascii.hexlify(board.unique_id()).decode().upper()
         self.persist = persist.BmcState(self.store, board.reset_cause())
         self.events = events.EventLog(self.store, self.clock, self.persist.boot_count)
-        self.events.add(
-            "bmc", "start", "fw %s reset %s" % (VERSION, self.persist.reset_cause)
-        )
+        self.events.add("bmc", "start", "fw %s reset %s" % (VERSION, self.persist.reset_cause))
         if self.persist.problem and self.persist.problem != "missing":
             self.events.add("store", "corrupt", "state: " + self.persist.problem)
         self.reboot_pending = False
@@ -63,7 +61,7 @@ class App:
         self.lines = None
         self.board_error = None
         try:
-            self.defn = boardfile.load(board.root + BOARD_FILE)
+            self.defn = load_board_file(board.root + BOARD_FILE)
         except (OSError, ValueError) as e:  # BoardFileError is a ValueError
             self.board_error = "board file: %s" % e
             self.events.add("fault", "board_file", self.board_error)
@@ -96,16 +94,15 @@ class App:
 
     def require_power(self):
         if self.power is None:
-            raise errors.CmdError(
-                errors.NOT_ALLOWED, "no power control: %s" % self.board_error
-            )
+            raise errors.CmdError(errors.NOT_ALLOWED, "no power control: %s" % self.board_error)
         return self.power
 
     def power_action(self, action, cause="remote_command"):
         pc = self.require_power()
         if action not in power.ACTIONS:
             raise errors.CmdError(
-                errors.INVALID, "unknown action %s; one of: %s" % (action[:32], ", ".join(power.ACTIONS))
+                errors.INVALID,
+                "unknown action %s; one of: %s" % (action[:32], ", ".join(power.ACTIONS)),
             )
         try:
             pc.request(action, cause)
@@ -178,6 +175,24 @@ class App:
             # A loop that keeps failing is not healthy: starve the watchdog.
             if self.loop_errors < _FAILING_LOOPS:
                 board.wdt_feed()
+
+
+def load_board_file(path):
+    """Load and validate the board file, then drop the validator from RAM.
+
+    Validation is only needed at start; unloading it gives its heap (a tenth of
+    the firmware's code) back to the running BMC.
+    """
+    from bmc import boardfile
+
+    try:
+        return boardfile.load(path)
+    finally:
+        del boardfile
+        sys.modules.pop("bmc.boardfile", None)
+        pkg = sys.modules.get("bmc")
+        if pkg is not None and "boardfile" in pkg.__dict__:
+            delattr(pkg, "boardfile")
 
 
 def main(board):

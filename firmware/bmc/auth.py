@@ -230,7 +230,9 @@ class Auth:
         if entry is None:
             self._fail("unknown_key", cmd, "unknown key")
         if taken != "ok":
-            self._fail(taken, cmd, "nonce expired" if taken == "expired" else "nonce unknown or used")
+            self._fail(
+                taken, cmd, "nonce expired" if taken == "expired" else "nonce unknown or used"
+            )
         try:
             mac = binascii.unhexlify(mac_hex)
         except ValueError:
@@ -245,7 +247,9 @@ class Auth:
         if ROLE_RANK[role] < ROLE_RANK[need]:
             self.failures["forbidden"] += 1
             self.events.add("auth_failure", "forbidden", cmd[:24])
-            raise errors.CmdError(errors.FORBIDDEN, "%s needs the %s role; key is %s" % (cmd, need, role))
+            raise errors.CmdError(
+                errors.FORBIDDEN, "%s needs the %s role; key is %s" % (cmd, need, role)
+            )
         self.in_a_row = 0
         self.successes += 1
         return role, kid

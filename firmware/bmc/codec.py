@@ -77,12 +77,20 @@ class FrameReader:
         return k
 
     def expire(self, now):
-        """Abandon a half-received frame that has gone quiet."""
+        """Abandon a half-received frame once the link has gone quiet.
+
+        Nothing is in flight after STALE_MS of silence, so every incomplete
+        frame held is garbage: drop up to the first complete one, or all.
+        """
         self._compact()
         if self.n and ticks_diff(now, self.last_rx) > STALE_MS:
             self.stale += 1
-            self._skip(1)
             self.last_rx = now
+            while self.n:
+                self._skip(1)
+                self._resync(0)
+                if self._front() > 0:
+                    break
 
     def _compact(self):
         if self.used:
@@ -102,39 +110,47 @@ class FrameReader:
         self.dropped += i
         self._skip(i)
 
+    def _front(self):
+        """At the buffer's start: frame length if complete and valid, 0 if it
+        may still complete, -1 if it is not a frame."""
+        buf = self.buf
+        n = self.n
+        if not n or buf[0] != MAGIC0:
+            return -1 if n else 0
+        if n < 2:
+            return 0
+        if buf[1] != MAGIC1:
+            return -1
+        if n < HEADER:
+            return 0
+        if not KIND_REQUEST <= buf[2] <= KIND_CHUNK:
+            return -1
+        length = buf[6] | (buf[7] << 8)
+        if length > self.max_payload:
+            self.oversize += 1
+            return -1
+        total = HEADER + length + TRAILER
+        if n < total:
+            return 0
+        crc = binascii.crc32(self.mv[2 : HEADER + length]) & 0xFFFFFFFF
+        if crc != struct.unpack_from("<I", buf, HEADER + length)[0]:
+            self.bad_crc += 1
+            return -1
+        return total
+
     def next_frame(self):
         self._compact()
-        buf = self.buf
         while self.n:
-            if buf[0] != MAGIC0:
+            total = self._front()
+            if total < 0:
                 self._resync(1)
                 continue
-            if self.n < HEADER:
-                if self.n >= 2 and buf[1] != MAGIC1:
-                    self._resync(1)
-                    continue
+            if total == 0:
                 return None
-            length = buf[6] | (buf[7] << 8)
-            if buf[1] != MAGIC1 or not KIND_REQUEST <= buf[2] <= KIND_CHUNK:
-                self._resync(1)
-                continue
-            if length > self.max_payload:
-                self.oversize += 1
-                self._resync(1)
-                continue
-            total = HEADER + length + TRAILER
-            if self.n < total:
-                return None
-            mv = self.mv
-            crc = binascii.crc32(mv[2 : HEADER + length]) & 0xFFFFFFFF
-            got = struct.unpack_from("<I", buf, HEADER + length)[0]
-            if crc != got:
-                self.bad_crc += 1
-                self._resync(1)
-                continue
+            buf = self.buf
             self.frames += 1
             self.used = total
-            return buf[2], buf[3], buf[4] | (buf[5] << 8), mv[HEADER : HEADER + length]
+            return buf[2], buf[3], buf[4] | (buf[5] << 8), self.mv[HEADER : total - TRAILER]
         return None
 
 

@@ -10,7 +10,7 @@ _CHUNK = const(256)
 
 
 class Console:
-    def __init__(self, uart, size=8192):
+    def __init__(self, uart, size=4096):
         self.uart = uart
         self.size = size
         self.ring = bytearray(size)

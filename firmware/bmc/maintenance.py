@@ -1,0 +1,27 @@
+"""Maintenance mode: the REPL on the USB bus for one boot, on request.
+
+An authenticated admin command calls `request(root)`; boot.py calls
+`consume(root)` at the next start, which removes the flag, so maintenance
+lasts until the reset after that. (Holding BOOTSEL at reset also enters it.)
+"""
+
+import os
+
+FLAG = "/data/maintenance.flag"
+
+
+def request(root):
+    f = open(root + FLAG, "w")
+    try:
+        f.write("1")
+    finally:
+        f.close()
+
+
+def consume(root):
+    """True (and the flag removed) when maintenance was requested."""
+    try:
+        os.remove(root + FLAG)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,198 @@
+"""The whole firmware (bmc.app.App) on a fake board, driven frame by frame.
+
+MicroPython and CPython. The link is an in-memory pipe; `Host` speaks the
+protocol through the real codec and HMAC, as bmcctl does.
+"""
+
+import binascii
+import os
+
+from bmc import app, codec
+from bmc.clock import ManualClock
+from bmc.hmac256 import HmacKey
+from fakes import FakeBoard, FakeSBC, Wires
+
+
+class Pipe:
+    """Both directions of a USB CDC link, in memory."""
+
+    def __init__(self):
+        self.to_bmc = bytearray()
+        self.from_bmc = bytearray()
+
+    def readinto(self, buf):
+        n = min(len(buf), len(self.to_bmc))
+        if not n:
+            return None
+        buf[:n] = self.to_bmc[:n]
+        self.to_bmc = self.to_bmc[n:]
+        return n
+
+    def write(self, data):
+        self.from_bmc.extend(data)
+        return len(data)
+
+
+class AppBoard(FakeBoard):
+    def __init__(self, wires, clock, root, reset_cause="power_on"):
+        super().__init__(wires, clock, root, reset_cause)
+        self.link = Pipe()
+        self.button = False
+        self.rebooted = False
+        self.wdt_ms = None
+        self.feeds = 0
+
+    def wait(self, timeout_ms):
+        pass
+
+    def bootsel(self):
+        return self.button
+
+    def unique_id(self):
+        return b"\xe6\x61\x41\x04\x03\x2a\x7b\x2c"
+
+    def uart(self, uart_id, tx, rx, baud):
+        return None
+
+    def adc(self, channel):
+        return None
+
+    def wdt_start(self, ms):
+        self.wdt_ms = ms
+
+    def wdt_feed(self):
+        self.feeds += 1
+
+    def reboot(self):
+        self.rebooted = True
+        raise SystemExit("reboot")
+
+
+def write_board_file(root, name="pico-rpi4"):
+    # Source runs from tests/mpy; compiled runs from the repo root (cwd).
+    here = __file__.rsplit("/", 1)[0]
+    for base in (here + "/../..", "."):
+        try:
+            with open(base + "/boards/rp2040/" + name + ".json") as f:
+                text = f.read()
+            break
+        except OSError:
+            continue
+    try:
+        os.mkdir(root)
+    except OSError:
+        pass
+    with open(root + "/board.json", "w") as f:
+        f.write(text)
+
+
+class Rig:
+    def __init__(self, root, board_name="pico-rpi4"):
+        from bmc import boardfile
+
+        write_board_file(root, board_name)
+        self.root = root
+        self.defn = boardfile.load(root + "/board.json")
+        self.clock = ManualClock((1 << 30) - 3000)  # crosses the 32-bit wrap early on
+        self.wires = Wires(self.defn, self.clock)
+        self.sbc = FakeSBC(self.wires, self.defn, self.clock)
+        self.boot()
+
+    def boot(self, reset_cause="power_on"):
+        self.board = AppBoard(self.wires, self.clock, self.root, reset_cause)
+        self.app = app.App(self.board)
+        self.sbc.update()
+        self.host = Host(self)
+
+    def step(self, ms=5):
+        self.clock.advance(ms)
+        self.sbc.update()
+        self.app.step()
+        self.sbc.update()
+
+    def run(self, ms, step=5):
+        t = 0
+        while t < ms:
+            self.step(step)
+            t += step
+
+    def until_state(self, state, max_ms=20000):
+        t = 0
+        while self.app.power.state != state:
+            if t > max_ms:
+                raise AssertionError(
+                    "not %s after %d ms: %s" % (state, max_ms, self.app.power.state)
+                )
+            self.step(10)
+            t += 10
+
+
+class Host:
+    """The host's side of the protocol over the rig's pipe."""
+
+    def __init__(self, rig):
+        self.rig = rig
+        self.reader = codec.FrameReader()
+        self.rid = 0
+        self.serial = None
+
+    def send_raw(self, data):
+        self.rig.board.link.to_bmc.extend(data)
+
+    def exchange(self, max_steps=50):
+        """Step the BMC until a response arrives; returns (chunks, response)."""
+        chunks = []
+        for _ in range(max_steps):
+            self.rig.app.step()
+            link = self.rig.board.link
+            while True:
+                if link.from_bmc:  # the reader takes at most one frame's worth at a time
+                    k = self.reader.feed(bytes(link.from_bmc))
+                    link.from_bmc = link.from_bmc[k:]
+                f = self.reader.next_frame()
+                if f is None:
+                    break
+                kind, _, rid, payload = f
+                if kind == codec.KIND_CHUNK:
+                    chunks.append(bytes(payload))
+                elif kind == codec.KIND_RESPONSE:
+                    return chunks, codec.loads(payload), rid
+        raise AssertionError("no response")
+
+    def call(self, cmd, args=None, key=None, nonce=None, mac_args=None):
+        self.rid = (self.rid + 1) & 0xFFFF
+        msg = {"cmd": cmd, "args": args or {}}
+        if key is not None:
+            if nonce is None:
+                nonce = self.call("nonce")["data"]["nonce"]
+            serial = self.rig.app.serial
+            mac = HmacKey(key).mac(
+                codec.mac_input(
+                    serial, nonce, cmd, mac_args if mac_args is not None else msg["args"]
+                )
+            )
+            msg["auth"] = {
+                "key": key_id(key),
+                "nonce": nonce,
+                "mac": binascii.hexlify(mac).decode(),
+            }
+        self.last_msg = msg
+        self.send_raw(codec.encode_frame(codec.KIND_REQUEST, self.rid, codec.dumps(msg)))
+        chunks, resp, rid = self.exchange()
+        assert rid == self.rid, "response id %d for request %d" % (rid, self.rid)
+        self.last_chunks = chunks
+        return resp
+
+
+def key_id(key):
+    from bmc.auth import key_id as kid
+
+    return kid(key)
+
+
+def new_key():
+    return os.urandom(32)
+
+
+def hexkey(key):
+    return binascii.hexlify(key).decode()

@@ -1,0 +1,303 @@
+"""Protocol and authentication scenarios against the whole firmware.
+
+Runs on CPython (pytest imports it) and inside the micropython binary:
+`micropython -X heapsize=192K tests/mpy/scenarios_app.py TMPDIR` prints one
+line per scenario, `PASS name` or `FAIL name: why`.
+"""
+
+import gc
+import os
+import sys
+
+from app_rig import Rig, hexkey, new_key
+from bmc import codec
+
+_counter = [0]
+_current = [None]
+
+
+def fresh(tmp):
+    _counter[0] += 1
+    _current[0] = None  # let the previous BMC's heap go before the next one starts
+    gc.collect()
+    rig = Rig(tmp + "/app%d" % _counter[0])
+    _current[0] = rig
+    return rig
+
+
+def provision(rig):
+    key = new_key()
+    rig.board.button = True
+    r = rig.host.call("keys-provision", {"role": "admin", "key": hexkey(key)})
+    rig.board.button = False
+    assert r["ok"], r
+    return key
+
+
+def ok(resp):
+    assert resp["ok"], resp
+    return resp["data"]
+
+
+def err(resp, code):
+    assert not resp["ok"], resp
+    assert resp["error"] == code, resp
+    return resp
+
+
+def files(rig):
+    """Every stored file and its bytes (what must not change on refusals)."""
+    out = {}
+    _walk(rig.root + "/data", "", out)
+    return out
+
+
+def _walk(d, prefix, out):
+    for name in sorted(os.listdir(d)):
+        if name.startswith("events"):
+            continue  # refusals are logged, by design
+        path = d + "/" + name
+        if os.stat(path)[0] & 0x4000:
+            _walk(path, prefix + name + "/", out)
+            continue
+        with open(path, "rb") as f:
+            out[prefix + name] = f.read()
+
+
+def scenario_hello_and_status(tmp):
+    rig = fresh(tmp)
+    h = ok(rig.host.call("hello", {"proto": 1}))
+    assert h["proto"] == 1 and h["board"] == "pico-rpi4", h
+    assert h["serial"] == rig.app.serial and len(h["serial"]) == 16
+    assert "power" in h["caps"] and h["provisioned"] is False
+    err(rig.host.call("hello", {"proto": 9}), "unsupported_version")
+    st = ok(rig.host.call("status"))
+    assert st["state"] == "Off" and st["provisioned"] is False, st
+    assert st["rails"] and "pgood" in st["rails"][0], st
+
+
+def scenario_power_needs_a_key(tmp):
+    rig = fresh(tmp)
+    before = files(rig)
+    err(rig.host.call("power", {"action": "On"}), "auth_required")
+    assert rig.app.power.state == "Off"
+    assert files(rig) == before
+
+
+def scenario_provision_needs_bootsel_once(tmp):
+    rig = fresh(tmp)
+    key = new_key()
+    err(rig.host.call("keys-provision", {"role": "admin", "key": hexkey(key)}), "presence_required")
+    rig.board.button = True
+    err(rig.host.call("keys-provision", {"role": "operator", "key": hexkey(key)}), "invalid")
+    ok(rig.host.call("keys-provision", {"role": "admin", "key": hexkey(key)}))
+    err(rig.host.call("keys-provision", {"role": "admin", "key": hexkey(new_key())}), "not_allowed")
+    assert ok(rig.host.call("status"))["provisioned"] is True
+
+
+def scenario_authenticated_power_cycle(tmp):
+    rig = fresh(tmp)
+    key = provision(rig)
+    st = ok(rig.host.call("power", {"action": "On"}, key=key))
+    assert st["state"] == "PoweringOn", st
+    rig.until_state("On")
+    assert rig.sbc.running
+    err(rig.host.call("power", {"action": "On"}, key=key), "not_allowed")
+    err(rig.host.call("power", {"action": "Explode"}, key=key), "invalid")
+    ok(rig.host.call("power", {"action": "ForceOff"}, key=key))
+    rig.until_state("Off")
+    assert not rig.sbc.running
+
+
+def scenario_replay_forgery_expiry(tmp):
+    rig = fresh(tmp)
+    key = provision(rig)
+    host = rig.host
+    nonce = ok(host.call("nonce"))["nonce"]
+    ok(host.call("identify", {"seconds": 1}, key=key, nonce=nonce))
+    before = files(rig)
+    # The same nonce again: a replay.
+    err(host.call("identify", {"seconds": 1}, key=key, nonce=nonce), "auth_failed")
+    # A MAC over other arguments.
+    err(
+        host.call("power", {"action": "On"}, key=key, mac_args={"action": "ForceOff"}),
+        "auth_failed",
+    )
+    # A key the BMC does not know.
+    err(host.call("power", {"action": "On"}, key=new_key()), "auth_failed")
+    # An expired nonce.
+    nonce = ok(host.call("nonce"))["nonce"]
+    rig.clock.advance(6000)
+    err(host.call("power", {"action": "On"}, key=key, nonce=nonce), "auth_failed")
+    assert rig.app.power.state == "Off"
+    assert files(rig) == before
+    assert rig.app.auth.failures["bad_nonce"] == 1 and rig.app.auth.failures["expired"] == 1
+
+
+def scenario_roles(tmp):
+    rig = fresh(tmp)
+    admin = provision(rig)
+    op = new_key()
+    ok(rig.host.call("keys-add", {"role": "operator", "key": hexkey(op)}, key=admin))
+    ok(rig.host.call("power", {"action": "On"}, key=op))
+    before = files(rig)
+    err(rig.host.call("config-set", {"key": "min_off_ms", "value": 0}, key=op), "forbidden")
+    err(rig.host.call("keys-list", {}, key=op), "forbidden")
+    assert files(rig) == before
+    listed = ok(rig.host.call("keys-list", {}, key=admin))["keys"]
+    assert len(listed) == 2
+    for k in listed:
+        assert set(k.keys()) == {"id", "role"}, k  # keys never leave the BMC
+    ok(rig.host.call("config-set", {"key": "min_off_ms", "value": 0}, key=admin))
+    assert rig.app.config.value("min_off_ms") == 0
+
+
+def scenario_rotate_and_revoke(tmp):
+    rig = fresh(tmp)
+    old = provision(rig)
+    new = new_key()
+    from bmc.auth import key_id
+
+    ok(rig.host.call("keys-add", {"role": "admin", "key": hexkey(new)}, key=old))
+    ok(rig.host.call("keys-revoke", {"key_id": key_id(old)}, key=new))
+    err(rig.host.call("identify", {"seconds": 0}, key=old), "auth_failed")
+    err(rig.host.call("keys-revoke", {"key_id": key_id(new)}, key=new), "not_allowed")
+    ok(rig.host.call("identify", {"seconds": 0}, key=new))
+
+
+def scenario_lockout_backs_off(tmp):
+    rig = fresh(tmp)
+    key = provision(rig)
+    wrong = new_key()
+    for _ in range(5):
+        err(rig.host.call("identify", {"seconds": 0}, key=wrong), "auth_failed")
+    r = err(rig.host.call("identify", {"seconds": 0}, key=key), "locked_out")
+    assert r["data"]["retry_ms"] > 0
+    assert ok(rig.host.call("status"))["locked_out_ms"] > 0
+    rig.clock.advance(r["data"]["retry_ms"] + 1)
+    ok(rig.host.call("identify", {"seconds": 0}, key=key))
+    # One more failure after a success starts from the free budget again.
+    err(rig.host.call("identify", {"seconds": 0}, key=wrong), "auth_failed")
+    ok(rig.host.call("identify", {"seconds": 0}, key=key))
+
+
+def scenario_bad_input_then_good(tmp):
+    rig = fresh(tmp)
+    host = rig.host
+    before = files(rig)
+    host.send_raw(b"\x00\xff garbage \xb5\xb5M\x01")
+    host.send_raw(b"\xb5M\x01\x01\x01\x00\xff\xff")  # oversized length
+    frame = codec.encode_frame(codec.KIND_REQUEST, 9, codec.dumps({"cmd": "status"}))
+    host.send_raw(frame[:7])  # truncated
+    bad = bytearray(frame)
+    bad[9] ^= 0x20  # CRC error
+    host.send_raw(bytes(bad))
+    rig.app.step()
+    # A request that arrives behind the debris waits until the link has been quiet.
+    frame = codec.encode_frame(codec.KIND_REQUEST, 10, codec.dumps({"cmd": "status"}))
+    host.send_raw(frame)
+    rig.app.step()
+    assert not rig.board.link.from_bmc
+    rig.clock.advance(500)
+    chunks, resp, rid = host.exchange()  # the stale half frames are abandoned
+    assert rid == 10 and resp["ok"], resp
+    assert ok(host.call("status"))["state"] == "Off"
+    err(host.call("no-such-command"), "unknown_command")
+    host.send_raw(codec.encode_frame(codec.KIND_REQUEST, 77, b"not json"))
+    chunks, resp, rid = host.exchange()
+    assert rid == 77 and resp["error"] == "bad_request", resp
+    host.send_raw(codec.encode_frame(codec.KIND_REQUEST, 78, b'{"cmd": "power", "args": []}'))
+    chunks, resp, rid = host.exchange()
+    assert resp["error"] == "bad_request", resp
+    host.send_raw(
+        codec.encode_frame(codec.KIND_REQUEST, 79, b'{"cmd":"identify","args":{"seconds":"x"}}')
+    )
+    chunks, resp, rid = host.exchange()
+    assert resp["error"] == "auth_required", resp
+    host.send_raw(
+        codec.encode_frame(codec.KIND_REQUEST, 80, codec.dumps({"cmd": "hello"}), version=7)
+    )
+    chunks, resp, rid = host.exchange()
+    assert resp["error"] == "unsupported_version", resp
+    assert ok(host.call("status"))["state"] == "Off"
+    assert files(rig) == before
+    assert rig.app.dispatch.reader.bad_crc >= 1
+
+
+def scenario_events_stream(tmp):
+    rig = fresh(tmp)
+    key = provision(rig)
+    for _ in range(3):
+        ok(rig.host.call("identify", {"seconds": 0}, key=key))
+    data = ok(rig.host.call("events", {"since": 0}, key=key))
+    text = b"".join(rig.host.last_chunks).decode()
+    lines = [x for x in text.split("\n") if x]
+    assert data["count"] == len(lines) and len(lines) >= 2, (data, lines)
+    assert '"provisioned"' in text
+    assert data["next"] > 1
+
+
+def scenario_bmc_reboot_keeps_sbc(tmp):
+    rig = fresh(tmp)
+    key = provision(rig)
+    ok(rig.host.call("power", {"action": "On"}, key=key))
+    rig.until_state("On")
+    ups = rig.sbc.power_ups
+    try:
+        rig.host.call("bmc-reboot", {}, key=key)
+    except SystemExit:
+        pass
+    assert rig.board.rebooted
+    rig.wires.bmc_reset()
+    rig.sbc.update()
+    rig.boot("soft")
+    rig.run(200)
+    assert rig.app.power.state == "On" and rig.sbc.running
+    assert rig.sbc.power_ups == ups and rig.sbc.power_losses == 0
+    assert ok(rig.host.call("status"))["boot_count"] == 2
+
+
+def scenario_factory_reset_needs_presence(tmp):
+    rig = fresh(tmp)
+    key = provision(rig)
+    err(rig.host.call("factory-reset"), "presence_required")
+    assert ok(rig.host.call("status"))["provisioned"] is True
+    rig.board.button = True
+    ok(rig.host.call("factory-reset"))
+    rig.board.button = False
+    assert ok(rig.host.call("status"))["provisioned"] is False
+    err(rig.host.call("identify", {"seconds": 0}, key=key), "auth_failed")
+
+
+def scenario_corrupt_keys_file(tmp):
+    rig = fresh(tmp)
+    provision(rig)
+    with open(rig.root + "/data/keys.json", "w") as f:
+        f.write('{"keys": [{"role": "admin", "ke')
+    rig.boot("soft")
+    st = ok(rig.host.call("status"))
+    assert st["provisioned"] is False
+    kinds = [e["cause"] for e in rig.app.events.entries(0)]
+    assert "keys_file_corrupt" in kinds, kinds
+
+
+def names():
+    return [n for n in sorted(globals()) if n.startswith("scenario_")]
+
+
+def main():
+    tmp = sys.argv[1]
+    failed = 0
+    for n in names():
+        try:
+            globals()[n](tmp)
+            print("PASS", n)
+        except Exception as e:
+            failed += 1
+            print("FAIL", n + ":", repr(e))
+            sys.print_exception(e)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
