@@ -99,7 +99,9 @@ def test_canon_matches_json_sort_keys() -> None:
     import json
 
     args: Dict[str, Any] = {"z": [1, {"b": None, "a": "é\n"}], "a": True, "m": -5}
-    assert codec.canon(args) == json.dumps(args, sort_keys=True, separators=(",", ":"))
+    assert codec.canon(args) == json.dumps(
+        args, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
 
 
 if __name__ == "__main__":

@@ -229,13 +229,35 @@ def canon(value):
         for k in sorted(value):
             if not isinstance(k, str):
                 raise ValueError("object keys must be strings")
-            parts.append(json.dumps(k) + ":" + canon(value[k]))
+            parts.append(_quote(k) + ":" + canon(value[k]))
         return "{" + ",".join(parts) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join([canon(v) for v in value]) + "]"
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, str):
+        return _quote(value)
+    if value is None or isinstance(value, (bool, int)):
         return json.dumps(value)
     raise ValueError("unsupported value in arguments")
+
+
+def _quote(s):
+    """A JSON string, escaped identically on both runtimes (json.dumps is not:
+    CPython escapes non-ASCII, MicroPython does not)."""
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif o < 0x20:
+            i = _SHORT_CODES.find(ch)
+            out.append("\\" + _SHORT_NAMES[i] if i >= 0 else "\\u%04x" % o)
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+_SHORT_CODES = "\b\f\n\r\t"
+_SHORT_NAMES = "bfnrt"
 
 
 def mac_input(serial, nonce, cmd, args):
