@@ -32,6 +32,15 @@ POWER_STATES = ("Off", "PoweringOn", "On", "ShuttingDown", "PoweringOff", "Fault
 RESET_CAUSES = ("power_on", "watchdog", "soft", "unknown")
 
 
+try:
+    memoryview("")  # MicroPython: a str lends its UTF-8 bytes without a copy
+    _as_bytes = memoryview
+except TypeError:  # CPython
+
+    def _as_bytes(s):
+        return s.encode()
+
+
 def _mem_alloc():
     try:
         return gc.mem_alloc()
@@ -61,10 +70,10 @@ def number(v):
     if v is False or v is None:
         return "0"
     if isinstance(v, int):
-        return "%d" % v
+        return str(v)
     if v != v:
         return "NaN"
-    if v in (float("inf"), float("-inf")):
+    if v - v != 0:  # only an infinity minus itself is not 0 (NaN)
         return "+Inf" if v > 0 else "-Inf"
     return repr(v)
 
@@ -85,22 +94,29 @@ class Out:
         self.bytes = 0
         self.peak = _mem_alloc()
 
+    # Hot methods keep few locals: a MicroPython call whose frame outgrows
+    # 11 slots allocates it on the heap, on every call.
     def write(self, s):
-        b = s.encode()
-        k = len(b)
-        if self.n + k > self.size:
-            self.flush()
-        if k > self.size:  # never happens with the lines rendered here; stay correct
-            mv = memoryview(b)
-            while k > self.size:
-                self.view[0 : self.size] = mv[: self.size]
-                self.n = self.size
+        """Append a str (its bytes lent without a copy where the port can) or bytes."""
+        if isinstance(s, str):
+            s = _as_bytes(s)
+        n = self.n
+        k = len(s)
+        if n + k > self.size:
+            self._overflow(s)
+            return
+        self.view[n : n + k] = s
+        self.n = n + k
+
+    def _overflow(self, b):
+        self.flush()
+        size = self.size
+        for i in range(0, len(b), size):  # longer than a chunk: never the lines here
+            part = b[i : i + size]
+            self.view[0 : len(part)] = part
+            self.n = len(part)
+            if len(part) == size:
                 self.flush()
-                mv = mv[self.size :]
-                k = len(mv)
-            b = mv
-        self.view[self.n : self.n + k] = b
-        self.n += k
 
     def flush(self):
         self.sample_heap()
@@ -117,24 +133,37 @@ class Out:
 
     # -- OpenMetrics ------------------------------------------------------
     def family(self, name, typ, help_text, unit=None):
+        # Written piece by piece: constant bytes cost nothing, a str piece one
+        # small view, where formatting a whole line would allocate it (and grow it).
         self.sample_heap()
-        if unit is None:
-            self.write("# HELP %s %s\n# TYPE %s %s\n" % (name, help_text, name, typ))
-        else:
-            self.write(
-                "# HELP %s %s\n# TYPE %s %s\n# UNIT %s %s\n"
-                % (name, help_text, name, typ, name, unit)
-            )
+        w = self.write
+        w(b"# HELP ")
+        w(name)
+        w(b" ")
+        w(help_text)
+        w(b"\n# TYPE ")
+        w(name)
+        w(b" ")
+        w(typ)
+        if unit is not None:
+            w(b"\n# UNIT ")
+            w(name)
+            w(b" ")
+            w(unit)
+        w(b"\n")
 
-    def sample(self, name, value, k1=None, v1=None, k2=None, v2=None):
-        if k1 is None:
-            self.write("%s %s\n" % (name, number(value)))
-        elif k2 is None:
-            self.write('%s{%s="%s"} %s\n' % (name, k1, escape(v1), number(value)))
-        else:
-            self.write(
-                '%s{%s="%s",%s="%s"} %s\n' % (name, k1, escape(v1), k2, escape(v2), number(value))
-            )
+    def sample(self, name, value, k1=None, v1=None):
+        w = self.write
+        w(name)
+        if k1 is not None:
+            w(b"{")
+            w(k1)
+            w(b'="')
+            w(escape(v1))
+            w(b'"}')
+        w(b" ")
+        w(number(value))
+        w(b"\n")
 
     def gauge(self, name, help_text, value, unit=None):
         """A family with one unlabelled gauge sample."""

@@ -1,8 +1,7 @@
 # Runs under the MicroPython unix port: a real bmc.app.App on a minimal fake
 # board (pins, ADCs, an INA219 on a fake I2C bus, a link that collects frames),
-# then one or more `metrics` requests; prints the chunks' text between markers.
+# then one or more `metrics` requests; the frames it answers go to stdout raw.
 # argv: ROOT_DIR BOARD_JSON [RENDERS]
-import gc
 import sys
 
 from bmc import app as bmc_app
@@ -50,9 +49,10 @@ class I2C:
 
 
 class Link:
+    """The USB CDC: requests in; frames out go to stdout as raw bytes (decoded by the test)."""
+
     def __init__(self):
         self.inbox = bytearray()
-        self.out = bytearray()
 
     def readinto(self, buf):
         n = min(len(buf), len(self.inbox))
@@ -63,7 +63,7 @@ class Link:
         return n
 
     def write(self, b):
-        self.out += b
+        sys.stdout.buffer.write(b)
         return len(b)
 
 
@@ -112,20 +112,6 @@ class Board:
         raise SystemExit(0)
 
 
-def frames(data):
-    out = []
-    r = codec.FrameReader()
-    while data:
-        k = r.feed(data)
-        data = data[k:]
-        while True:
-            f = r.next_frame()
-            if f is None:
-                break
-            out.append((f[0], f[2], bytes(f[3])))
-    return out
-
-
 root = sys.argv[1]
 with open(sys.argv[2]) as f:
     text = f.read()
@@ -141,10 +127,3 @@ for i in range(renders):
         codec.KIND_REQUEST, 7 + i, b'{"cmd":"metrics","args":{}}'
     )
     a.dispatch.poll()
-gc.collect()
-for kind, rid, payload in frames(bytes(board.link.out)):
-    if kind == codec.KIND_CHUNK:
-        sys.stdout.write(f"=CHUNK {rid} {len(payload)}\n")
-        sys.stdout.write(payload.decode())
-    else:
-        sys.stdout.write(f"=RESPONSE {rid} {payload.decode()}\n")
