@@ -143,15 +143,27 @@ class Scraper:
                 self.discovery_errors += 1
             return []
 
-    def find(self, target: str) -> Optional[discovery.BmcPort]:
-        """A BMC by slot (`slot3` or `3`), serial (as last seen) or port path."""
+    def find(self, target: str, timeout: Optional[float] = None) -> Optional[discovery.BmcPort]:
+        """A BMC by slot (`slot3` or `3`), serial or port path.
+
+        A serial not seen yet is looked for by scraping the BMCs whose serial the
+        bridge does not know (that scrape counts like any other).
+        """
         ports = self.ports()
         hit = discovery.match(ports, target)
         if hit is not None:
             return hit
+        unknown = []
         for p in ports:
             if self.serials.get(p.name) == target:
                 return p
+            if p.name not in self.serials:
+                unknown.append(p)
+        if unknown:
+            self.scrape(unknown, timeout=timeout)
+            for p in unknown:
+                if self.serials.get(p.name) == target:
+                    return p
         return None
 
     # -- scraping -------------------------------------------------------------

@@ -96,7 +96,7 @@ class Bridge:
         return expo.render(self.scraper.merge(results), openmetrics)
 
     def probe(self, target: str, openmetrics: bool, budget: Optional[float]) -> Optional[bytes]:
-        port = self.scraper.find(target)
+        port = self.scraper.find(target, timeout=budget)
         if port is None:
             return None
         results = self.scraper.scrape([port], timeout=budget)
