@@ -1,0 +1,218 @@
+"""Validation of what `inventory-set` carries: the URL and the trust keys.
+
+Loaded for one request and dropped after (`bmc.ondemand`): see bmc.inventory
+for the formats.
+"""
+
+import binascii
+import hashlib
+import json
+
+from bmc import errors
+from bmc.compat import const
+from bmc.inventory import ED25519, P256, TUF_ROOT
+
+URL_MAX = const(256)
+KEY_TEXT_MAX = const(1536)  # one key or one TUF root, as sent
+
+# DER pieces of SubjectPublicKeyInfo
+_OID_ED25519 = b"\x2b\x65\x70"  # 1.3.101.112
+_OID_EC_PUBLIC = b"\x2a\x86\x48\xce\x3d\x02\x01"  # 1.2.840.10045.2.1
+_OID_P256 = b"\x2a\x86\x48\xce\x3d\x03\x01\x07"  # 1.2.840.10045.3.1.7
+
+# NIST P-256: y^2 = x^3 - 3x + b (mod p)
+_P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+
+_URL_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&'()*+,;=%"
+
+
+def _bad(msg):
+    raise errors.CmdError(errors.INVALID, msg)
+
+
+def hexstr(b):
+    return binascii.hexlify(b).decode()
+
+
+def sha256_hex(b):
+    return hexstr(hashlib.sha256(b).digest())
+
+
+def check_url(url):
+    if not isinstance(url, str):
+        _bad("url must be a string")
+    if len(url) > URL_MAX:
+        _bad("url too long: %d characters (at most %d)" % (len(url), URL_MAX))
+    if not url.startswith("https://"):
+        _bad("url must start with https://")
+    host = url[8:]
+    for sep in "/?#":
+        i = host.find(sep)
+        if i >= 0:
+            host = host[:i]
+    if not host or host.startswith("@"):
+        _bad("url has no host")
+    for c in url:
+        if c not in _URL_OK:
+            _bad("url contains a character that needs percent-encoding: %r" % c)
+    return url
+
+
+# --- DER -------------------------------------------------------------------
+
+
+def _tlv(buf, i, end):
+    """(tag, value_start, value_end) of the DER element at i; ValueError if malformed."""
+    if i + 2 > end:
+        raise ValueError("truncated")
+    tag = buf[i]
+    n = buf[i + 1]
+    i += 2
+    if n & 0x80:
+        k = n & 0x7F
+        if k < 1 or k > 2 or i + k > end:
+            raise ValueError("bad length")
+        n = 0
+        for _ in range(k):
+            n = (n << 8) | buf[i]
+            i += 1
+    if i + n > end:
+        raise ValueError("truncated")
+    return tag, i, i + n
+
+
+def _spki(der):
+    """(type, raw public key) from SubjectPublicKeyInfo DER; CmdError otherwise."""
+    try:
+        tag, s, e = _tlv(der, 0, len(der))
+        if tag != 0x30 or e != len(der):
+            raise ValueError("not a SEQUENCE")
+        tag, a, ae = _tlv(der, s, e)
+        if tag == 0x02:  # INTEGER version first: PKCS#8 / SEC1 private key
+            _bad("this is a private key: push the public key only")
+        if tag != 0x30:
+            raise ValueError("no AlgorithmIdentifier")
+        tag, o, oe = _tlv(der, a, ae)
+        if tag != 0x06:
+            raise ValueError("no algorithm OID")
+        oid = bytes(der[o:oe])
+        params = None
+        if oe < ae:
+            tag, p, pe = _tlv(der, oe, ae)
+            if tag == 0x06:
+                params = bytes(der[p:pe])
+        tag, b, be = _tlv(der, ae, e)
+        if tag != 0x03 or be != e or be - b < 2 or der[b] != 0:
+            raise ValueError("no public key BIT STRING")
+        raw = bytes(der[b + 1 : be])
+    except ValueError as ex:
+        _bad("malformed public key DER: %s" % ex)
+    if oid == _OID_ED25519:
+        return ED25519, _check_raw(ED25519, raw)
+    if oid == _OID_EC_PUBLIC:
+        if params != _OID_P256:
+            _bad("unsupported EC curve: only P-256 (prime256v1)")
+        return P256, _check_raw(P256, raw)
+    _bad("unsupported key algorithm: only Ed25519 and ECDSA P-256")
+
+
+def _check_raw(kind, raw):
+    if kind == ED25519:
+        if len(raw) != 32:
+            _bad("Ed25519 public key must be 32 bytes, got %d" % len(raw))
+        return raw
+    if len(raw) == 33 and raw[0] in (2, 3):
+        _bad("compressed P-256 points are not supported: send the uncompressed form")
+    if len(raw) != 65 or raw[0] != 4:
+        _bad("P-256 public key must be 65 bytes starting with 04, got %d" % len(raw))
+    x = int.from_bytes(raw[1:33], "big")
+    y = int.from_bytes(raw[33:65], "big")
+    if x >= _P or y >= _P or (y * y - (x * x * x - 3 * x + _B)) % _P != 0:
+        _bad("P-256 public key is not a point on the curve")
+    return raw
+
+
+def _pem(text):
+    """The DER inside a PEM block; private-key PEMs are refused."""
+    head = "-----BEGIN "
+    i = text.find(head)
+    j = text.find("-----", i + len(head))
+    if i < 0 or j < 0:
+        _bad("malformed PEM")
+    label = text[i + len(head) : j]
+    if "PRIVATE" in label:
+        _bad("this is a private key (%s): push the public key only" % label)
+    if label != "PUBLIC KEY":
+        _bad("unsupported PEM block %r: need PUBLIC KEY" % label)
+    end = text.find("-----END " + label + "-----", j)
+    if end < 0:
+        _bad("PEM block has no END line")
+    body = "".join(text[j + 5 : end].split())
+    try:
+        return binascii.a2b_base64(body)
+    except Exception:
+        _bad("PEM body is not base64")
+
+
+def _unhex(s, what):
+    try:
+        return binascii.unhexlify(s)
+    except Exception:
+        _bad("%s is not hex" % what)
+
+
+def parse_public(text):
+    """(type, raw bytes) of one public key given as PEM or hex."""
+    t = text.strip()
+    if t.startswith("-----"):
+        return _spki(_pem(t))
+    if len(t) == 64:
+        return ED25519, _check_raw(ED25519, _unhex(t, "key"))
+    if len(t) == 130:
+        return P256, _check_raw(P256, _unhex(t, "key"))
+    _bad("key is neither PEM, 64 hex digits (Ed25519) nor 130 (P-256), nor TUF root JSON")
+
+
+def _tuf_root(text):
+    try:
+        doc = json.loads(text)
+    except Exception:
+        _bad("TUF root is not JSON")
+    signed = doc.get("signed") if isinstance(doc, dict) else None
+    if not isinstance(signed, dict) or signed.get("_type") != "root":
+        _bad('TUF root metadata needs "signed" with "_type": "root"')
+    keys = signed.get("keys")
+    if not isinstance(keys, dict) or not keys:
+        _bad('TUF root needs a non-empty "signed.keys"')
+    if not isinstance(signed.get("roles"), dict) or "root" not in signed["roles"]:
+        _bad('TUF root needs "signed.roles.root"')
+    if not isinstance(doc.get("signatures"), list):
+        _bad('TUF root needs "signatures"')
+    for kid in keys:
+        k = keys[kid]
+        kv = k.get("keyval") if isinstance(k, dict) else None
+        if not isinstance(kv, dict) or not isinstance(kv.get("public"), str):
+            _bad("TUF key %s: needs keyval.public" % kid[:16])
+        if "private" in kv:
+            _bad("TUF key %s carries a private key" % kid[:16])
+        kt = k.get("keytype")
+        got = parse_public(kv["public"])[0]
+        want = ED25519 if kt == ED25519 else P256
+        if kt not in (ED25519, "ecdsa", "ecdsa-sha2-nistp256") or got != want:
+            _bad("TUF key %s: keytype %r with a %s key is not supported" % (kid[:16], kt, got))
+    return len(keys)
+
+
+def parse_key(text):
+    """Validate one key text; returns the record stored for it."""
+    if not isinstance(text, str):
+        _bad("each key must be a string")
+    if len(text) > KEY_TEXT_MAX:
+        _bad("key text too long: %d bytes (at most %d)" % (len(text), KEY_TEXT_MAX))
+    t = text.strip()
+    if t.startswith("{"):
+        n = _tuf_root(t)
+        return {"type": TUF_ROOT, "fp": sha256_hex(t.encode()), "root": t, "n": n}
+    kind, raw = parse_public(t)
+    return {"type": kind, "fp": sha256_hex(raw), "pub": hexstr(raw)}

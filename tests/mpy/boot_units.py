@@ -1,0 +1,127 @@
+"""bmc.inventory and bmc.bootfiles under MicroPython with an RP2040-sized heap.
+
+    micropython -X heapsize=192K -m boot_units TMPDIR   (TMPDIR/keys.json from the pytest test)
+
+Drives the modules directly (store, event log, a fake request and power), so
+the heap holds the code under test and not a whole host rig. Prints PASS/FAIL.
+"""
+
+import binascii
+import gc
+import hashlib
+import json
+import sys
+
+from bmc import errors, events, store
+from bmc.bootfiles import BootFiles
+from bmc.clock import ManualClock
+from bmc.inventory import Inventory
+
+
+def hx(b):
+    return binascii.hexlify(hashlib.sha256(b).digest()).decode()
+
+
+class Req:
+    def __init__(self):
+        self.buf = bytearray(2048)
+        self.out = bytearray()
+        self.chunks = 0
+
+    def chunk_view(self):
+        return memoryview(self.buf)
+
+    def chunk_prepared(self, n):
+        self.out.extend(self.buf[:n])
+        self.chunks += 1
+
+
+class Power:
+    def __init__(self):
+        self.modes = []
+
+    def set_boot_mode(self, mode):
+        self.modes.append(mode)
+
+
+def refused(code, fn, *args):
+    try:
+        fn(*args)
+    except errors.CmdError as e:
+        assert e.code == code, (e.code, e.message)
+        return e.message
+    raise AssertionError("accepted")
+
+
+def run(tmp):
+    with open(tmp + "/keys.json") as f:
+        k = json.load(f)
+    root = tmp + "/data"
+    st = store.Store(root)
+    clock = ManualClock((1 << 30) - 1000)
+    log = events.EventLog(st, clock)
+    inv = Inventory(st, log)
+    url = "https://inv.example/r"
+    d = inv.set(url, [k["ed_pem"], k["ec_pem"], k["tuf_root"]], 1)
+    assert [x["type"] for x in d["keys"]] == ["ed25519", "ecdsa-p256", "tuf-root"], d
+    assert d["keys"][0]["fp"] == hx(binascii.unhexlify(k["ed_hex"]))
+    assert "bmc.keyparse" not in sys.modules  # dropped after use
+    for bad in (k["ed_priv_pem"], k["ec_priv_pem"], k["p384_pem"], k["ec_hex"][:-4] + "0001"):
+        refused("invalid", inv.set, url, [bad], 2)
+    refused("invalid", inv.set, "http://x/", [], 2)
+    refused("conflict", inv.set, url, [], 1)
+    assert Inventory(st, log).generation == 1
+    print("PASS inventory")
+
+    bf = BootFiles(st, log, clock, inv)
+    data = bytearray(5000)
+    for i in range(5000):
+        data[i] = (i * 7) & 0xFF
+    data = bytes(data)
+    sha = hx(data)
+    off = 0
+    while off < len(data):
+        c = data[off : off + 1024]
+        r = bf.put(sha, len(data), off, binascii.b2a_base64(c).decode(), hx(c))
+        off += len(c)
+    assert r["complete"], r
+    assert "bmc.bootadmin" not in sys.modules
+    m = bf.set_manifest([{"name": "start4.elf", "size": 5000, "sha256": sha, "src": "bmc"}])
+    assert [f["name"] for f in m["files"]] == [
+        "start4.elf",
+        "cmdline.txt",
+        "racklet-inventory.json",
+    ]
+    gc.collect()
+    before = gc.mem_alloc()
+    req = Req()
+    bf.stream("start4.elf", 1, sha, req)
+    assert bytes(req.out) == data and req.chunks == 3, (len(req.out), req.chunks)
+    req = Req()
+    bf.stream("cmdline.txt", 1, None, req)
+    assert bytes(req.out).startswith(b"racklet.inventory=" + url.encode() + b" racklet.keys=")
+    print("PASS stream (heap grew %d bytes)" % (gc.mem_alloc() - before))
+    refused("conflict", bf.stream, "start4.elf", 0, None, Req())
+    refused("invalid", bf.stream, "../start4.elf", None, None, Req())
+
+    pw = Power()
+    bf.power = pw
+    bf.power_action = lambda: None
+    bf.usb_start(2000)
+    assert pw.modes == ["usb"] and bf.state == "waiting"
+    bf.report("serve", "start4.elf", sha, 1, "")
+    clock.advance(2500)
+    bf.tick()
+    assert bf.state == "timeout" and pw.modes == ["usb", "normal"], (bf.state, pw.modes)
+    causes = [e["cause"] for e in log.entries(0)]
+    assert "usb_boot_timeout" in causes and "usb_boot_release" in causes, causes
+    print("PASS orchestration")
+
+
+if __name__ == "__main__":
+    try:
+        run(sys.argv[1])
+    except Exception as e:
+        print("FAIL", repr(e))
+        sys.print_exception(e)
+        sys.exit(1)

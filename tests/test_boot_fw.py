@@ -1,0 +1,97 @@
+"""Inventory, boot manifest, boot files and USB boot orchestration in the firmware.
+
+The scenarios (tests/mpy/scenarios_boot_*.py) run the whole firmware on a fake board under
+CPython; tests/mpy/boot_units.py runs the same modules under the real MicroPython unix port
+with an RP2040-sized heap (the whole app plus a host rig does not fit one 192K heap).
+The keys they push are real ones, made here with `cryptography`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import pytest
+from cryptography.hazmat.primitives import serialization as ser
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from tests.mprun import run_micropython
+
+HERE = pathlib.Path(__file__).parent
+sys.path.insert(0, str(HERE / "mpy"))
+
+import scenarios_boot_files  # noqa: E402
+import scenarios_boot_inventory  # noqa: E402
+import scenarios_boot_usb  # noqa: E402
+
+MODULES = [scenarios_boot_inventory, scenarios_boot_files, scenarios_boot_usb]
+ALL = [sc for m in MODULES for sc in m.SCENARIOS]
+
+PEM = ser.Encoding.PEM
+SPKI = ser.PublicFormat.SubjectPublicKeyInfo
+PKCS8 = ser.PrivateFormat.PKCS8
+
+
+def make_keys() -> dict[str, str]:
+    ed = ed25519.Ed25519PrivateKey.generate()
+    ecp = ec.generate_private_key(ec.SECP256R1())
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    ed_raw = ed.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
+    ec_raw = ecp.public_key().public_bytes(ser.Encoding.X962, ser.PublicFormat.UncompressedPoint)
+    tuf_key = ed25519.Ed25519PrivateKey.generate().public_key()
+    tuf_hex = tuf_key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw).hex()
+    root = {
+        "signatures": [{"keyid": "a1" * 32, "sig": "00" * 64}],
+        "signed": {
+            "_type": "root",
+            "spec_version": "1.0.31",
+            "version": 1,
+            "expires": "2030-01-01T00:00:00Z",
+            "consistent_snapshot": True,
+            "keys": {
+                "a1" * 32: {
+                    "keytype": "ed25519",
+                    "scheme": "ed25519",
+                    "keyval": {"public": tuf_hex},
+                }
+            },
+            "roles": {
+                r: {"keyids": ["a1" * 32], "threshold": 1}
+                for r in ("root", "targets", "snapshot", "timestamp")
+            },
+        },
+    }
+    return {
+        "ed_pem": ed.public_key().public_bytes(PEM, SPKI).decode(),
+        "ed_hex": ed_raw.hex(),
+        "ec_pem": ecp.public_key().public_bytes(PEM, SPKI).decode(),
+        "ec_hex": ec_raw.hex(),
+        "ed_priv_pem": ed.private_bytes(PEM, PKCS8, ser.NoEncryption()).decode(),
+        "ec_priv_pem": ecp.private_bytes(
+            PEM, ser.PrivateFormat.TraditionalOpenSSL, ser.NoEncryption()
+        ).decode(),
+        "p384_pem": p384.public_key().public_bytes(PEM, SPKI).decode(),
+        "tuf_root": json.dumps(root, separators=(",", ":")),
+    }
+
+
+@pytest.fixture
+def keyed_tmp(tmp_path: pathlib.Path) -> pathlib.Path:
+    (tmp_path / "keys.json").write_text(json.dumps(make_keys()))
+    return tmp_path
+
+
+@pytest.mark.parametrize("scenario", ALL, ids=[sc.__name__ for sc in ALL])
+def test_boot_scenario_cpython(scenario: object, keyed_tmp: pathlib.Path) -> None:
+    root = keyed_tmp / "run"
+    root.mkdir()
+    scenario(str(root))  # type: ignore[operator]
+
+
+def test_boot_modules_micropython(keyed_tmp: pathlib.Path) -> None:
+    """Inventory, boot files, streaming and orchestration under the real MicroPython."""
+    proc = run_micropython(HERE / "mpy" / "boot_units.py", str(keyed_tmp))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    passed = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("PASS ")]
+    assert passed == ["inventory", "stream", "orchestration"], proc.stdout
