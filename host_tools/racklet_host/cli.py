@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
-from . import discovery
+from . import cli_boot, discovery
 from .client import DEFAULT_TIMEOUT, DISRUPTIVE_ACTIONS, POWER_ACTIONS, BmcClient, open_client
 from .discovery import BmcPort
 from .errors import (
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets(ksub.add_parser("list", help="key ids and roles (never the keys)"))
     targets(cmd("maintenance", "reboot into maintenance mode (REPL) once"))
     targets(cmd("factory-reset", "forget keys and settings (BOOTSEL held)"))
+    cli_boot.add_parsers(sub, targets)
     return p
 
 
@@ -592,6 +593,7 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "keys": cmd_keys,
     "maintenance": cmd_maintenance,
     "factory-reset": lambda a: simple(a, lambda c: c.factory_reset(), key=False),
+    **cli_boot.COMMANDS,
 }
 
 

@@ -1,0 +1,270 @@
+"""bmcctl subcommands for the inventory and USB boot (hooked into cli.py).
+
+bmcctl inventory get [TARGET...|--all]
+bmcctl --key-file admin.key inventory set TARGET... --url URL --key FILE [--key FILE ...]
+bmcctl boot manifest get [TARGET...]
+bmcctl --key-file admin.key boot manifest set TARGET... [NAME=]PATH ... [--cache DIR]
+bmcctl boot status [TARGET...]
+bmcctl --key-file op.key boot usb SLOT [--cache DIR] [--usb-port 1-1.3 | --usb-sim SOCKET]
+bmcctl --key-file op.key boot serve SLOT ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import sys
+from typing import Any, Callable, Dict, List, Tuple
+
+from .client import BmcClient
+from .errors import BmcError, Conflict
+
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "racklet", "boot")
+ON_BMC_MAX = 64 * 1024  # files up to this size go to the BMC's flash by default
+CHUNK = 1024
+
+
+def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) -> None:
+    sp = sub.add_parser("inventory", help="inventory URL and trust keys the SBC boots with")
+    isub = sp.add_subparsers(dest="action", metavar="ACTION")
+    isub.required = True
+    targets(isub.add_parser("get", help="URL, key fingerprints and generation (no key needed)"))
+    s = isub.add_parser("set", help="push the URL and keys (admin key)")
+    s.add_argument("--url", required=True, help="https URL of the inventory repository")
+    s.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="public key (PEM or hex; Ed25519 or ECDSA P-256) or TUF root.json; repeatable",
+    )
+    targets(s)
+
+    sp = sub.add_parser("boot", help="boot manifest and USB device boot of the SBC")
+    bsub = sp.add_subparsers(dest="action", metavar="ACTION")
+    bsub.required = True
+    m = bsub.add_parser("manifest", help="the boot manifest on the BMC")
+    msub = m.add_subparsers(dest="manifest_action", metavar="ACTION")
+    msub.required = True
+    targets(msub.add_parser("get", help="files, sizes, digests and sources"))
+    ms = msub.add_parser("set", help="replace the manifest with these files (admin key)")
+    ms.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="a boot file; small ones go to the BMC's flash, large ones to the host cache",
+    )
+    ms.add_argument("--on-bmc-max", type=int, default=ON_BMC_MAX, metavar="BYTES")
+    ms.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="host cache")
+    targets(ms)
+    targets(bsub.add_parser("status", help="USB boot state and counters"))
+    for name, what in (
+        ("usb", "put the SBC into USB device boot and serve it (operator key)"),
+        ("serve", "serve an SBC already waiting in USB boot (operator key)"),
+    ):
+        b = bsub.add_parser(name, help=what)
+        b.add_argument("targets", nargs=1, metavar="SLOT", help="slot, serial or port")
+        b.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="host cache")
+        b.add_argument("--usb-port", metavar="BUS-PORTS", help="the SBC's USB location (1-1.3)")
+        b.add_argument("--usb-sim", metavar="SOCKET", help="a simulated SBC's USB socket")
+        b.add_argument("--wait", type=float, default=60.0, metavar="S", help="for the SBC")
+        b.add_argument("--boot-timeout", type=int, default=120, metavar="S", help="on the BMC")
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def read_key_files(paths: List[str]) -> List[str]:
+    from .cli import UsageError
+
+    out = []
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8") as f:
+                text = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read key file {p}: {e}") from None
+        if text.startswith("{"):
+            try:  # TUF root metadata: compact, so it fits one request
+                text = json.dumps(json.loads(text), separators=(",", ":"))
+            except ValueError:
+                raise UsageError(f"{p} is not valid JSON") from None
+        out.append(text)
+    return out
+
+
+def inventory_set(c: BmcClient, url: str, keys: List[str]) -> Dict[str, Any]:
+    """Push with the next generation; one retry if someone else got there first."""
+    for _ in range(2):
+        cur = int(c.call("inventory-get", auth=False)["generation"])
+        try:
+            return c.call(
+                "inventory-set",
+                {"url": url, "keys": keys, "generation": cur + 1, "expect": cur},
+            )
+        except Conflict:
+            continue
+    raise Conflict("the inventory changed twice while pushing: try again")
+
+
+def parse_files(specs: List[str]) -> List[Tuple[str, str]]:
+    from .cli import UsageError
+
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = os.path.basename(spec), spec
+        if not os.path.isfile(path):
+            raise UsageError(f"no such file: {path}")
+        out.append((name, path))
+    return out
+
+
+def upload(c: BmcClient, data: bytes) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    off = 0
+    while off < len(data):
+        chunk = data[off : off + CHUNK]
+        args = {
+            "sha256": sha,
+            "size": len(data),
+            "offset": off,
+            "data": base64.b64encode(chunk).decode(),
+            "chunk_sha256": hashlib.sha256(chunk).hexdigest(),
+        }
+        r = c.call("boot-file-put", args)
+        off = len(data) if r.get("complete") else off + len(chunk)
+    return sha
+
+
+def manifest_set(
+    c: BmcClient, files: List[Tuple[str, str]], on_bmc_max: int, cache_dir: str
+) -> Dict[str, Any]:
+    from .usbboot.relay import Cache
+
+    cache = Cache(cache_dir)
+    entries = []
+    for name, path in files:
+        with open(path, "rb") as f:
+            data = f.read()
+        if len(data) <= on_bmc_max or name == "cmdline.txt":
+            sha = upload(c, data)
+            src = "bmc"
+        else:
+            sha, _ = cache.add(path)
+            src = "host"
+        entries.append({"name": name, "size": len(data), "sha256": sha, "src": src})
+    return c.call("boot-manifest-set", {"files": entries})
+
+
+def manifest_columns(d: Any) -> Dict[str, str]:
+    files = d.get("files", []) if isinstance(d, dict) else []
+    listing = " ".join(f"{f['name']}({f['src']},{f['size']})" for f in files)
+    return {"gen": str(d.get("gen")), "files": listing or "-"}
+
+
+def inventory_columns(d: Any) -> Dict[str, str]:
+    keys = d.get("keys", []) if isinstance(d, dict) else []
+    return {
+        "generation": str(d.get("generation")),
+        "url": str(d.get("url") or "-"),
+        "keys": " ".join(f"{k['type']}:{k['fp'][:16]}" for k in keys) or "-",
+    }
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    from . import cli
+
+    if args.action == "get":
+        return cli.simple(
+            args,
+            lambda c: c.call("inventory-get", auth=False),
+            key=False,
+            columns=inventory_columns,
+        )
+    keys = read_key_files(args.key)
+    return cli.simple(args, lambda c: inventory_set(c, args.url, keys), columns=inventory_columns)
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from . import cli
+
+    if args.action == "manifest":
+        if args.manifest_action == "get":
+            return cli.simple(
+                args,
+                lambda c: c.call("boot-manifest-get", auth=False),
+                key=False,
+                columns=manifest_columns,
+            )
+        files = parse_files(args.file)
+        return cli.simple(
+            args,
+            lambda c: manifest_set(c, files, args.on_bmc_max, args.cache),
+            columns=manifest_columns,
+        )
+    if args.action == "status":
+        return cli.simple(args, lambda c: c.call("boot-status", auth=False), key=False)
+    return serve(args, start=args.action == "usb")
+
+
+def serve(args: argparse.Namespace, start: bool) -> int:
+    from . import cli
+    from .client import open_client
+    from .usbboot.relay import BmcSource, BootFailed, Cache, Relay
+    from .usbboot.transport import UsbBus, UsbError
+
+    key = cli.need_key(args)
+    ports = cli.find_targets(args, args.timeout)
+    bus: UsbBus
+    if args.usb_sim:
+        from .usbboot.simbus import SimBus
+
+        bus = SimBus(args.usb_sim)
+    else:
+        from .usbboot.pyusb_bus import PyUsbBus
+
+        try:
+            bus = PyUsbBus(args.usb_port)
+        except UsbError as e:
+            sys.stderr.write(f"bmcctl: {e}\n")
+            return 1
+
+    def log(line: str) -> None:
+        sys.stderr.write(f"{ports[0].name}: {line}\n")
+        sys.stderr.flush()
+
+    with open_client(ports[0], key=key, timeout=args.timeout) as c:
+        source = BmcSource(c, key, Cache(args.cache))
+        if start:
+            c.call("boot-usb", {"timeout_ms": args.boot_timeout * 1000})
+            log("boot-select asserted, SBC power-cycled into USB boot")
+        relay = Relay(source, bus, log=log, wait_timeout=args.wait)
+        try:
+            summary = relay.run()
+        except BootFailed as e:
+            sys.stderr.write(f"bmcctl: USB boot of {ports[0].name} failed: {e}\n")
+            return 1
+        except BmcError as e:
+            sys.stderr.write(f"bmcctl: {e.message}\n")
+            return e.exit_code
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(f"{ports[0].name}: booted, served {', '.join(summary['served'])}")
+    return 0
+
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
+    "inventory": cmd_inventory,
+    "boot": cmd_boot,
+}
