@@ -43,6 +43,7 @@ ROLES = (
     "shutdown_req",  # to the SBC's gpio-shutdown overlay, output
     "halted",  # from the SBC's gpio-poweroff overlay, input
     "power_button",  # the SBC's own power button (Pi 5), output
+    "usb_mux",  # SBC USB-C data to the hub while a USB boot runs (docs/boot.md), output
     "status_led",
     "identify_led",
 )

@@ -21,6 +21,7 @@ OUTPUT_ROLES = (
     "boot_select",
     "shutdown_req",
     "power_button",
+    "usb_mux",
     "status_led",
     "identify_led",
 )
