@@ -207,6 +207,9 @@ class Renderer:
         self._power(out)
         self._sensors(out)
         self._link(out)
+        bf = getattr(self.app, "bootfiles", None)  # bmc.bootfiles: USB boot families
+        if bf is not None:
+            bf.render_metrics(out)
         self._render_stats(out)
         out.eof()
         self.renders += 1

@@ -117,6 +117,10 @@ def scenario_digest_mismatch_counted(root):
     assert st["counters"]["digest_mismatch"] == 1 and st["counters"]["refused"] == 1, st
     assert "boot_digest_mismatch" in causes(rig) and "boot_file_refused" in causes(rig)
     err(rig.host.call("boot-report", {"event": "bogus"}, key=op), "invalid")
+    ok(rig.host.call("metrics"))
+    om = b"".join(rig.host.last_chunks).decode()
+    assert 'bmc_boot_refusals_total{reason="digest_mismatch"} 1' in om, om
+    assert 'bmc_usb_boot_state{bmc_usb_boot_state="idle"} 1' in om, om
 
 
 def scenario_factory_reset_forgets(root):
