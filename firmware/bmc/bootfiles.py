@@ -117,7 +117,7 @@ class BootFiles:
         self.session_files = 0
         self.session_missing = 0
         self.power = None  # set by cmd_boot: needs set_boot_mode() and an action runner
-        self.power_action = None
+        self.power_action = self._no_power  # cmd_boot: power-cycles the SBC
         self.mux = None  # a bmc.lines Line (role usb_mux) or None
 
     # -- manifest -------------------------------------------------------------
@@ -354,6 +354,9 @@ class BootFiles:
         self._touch()
         self.events.add("action", "usb_boot_power_cycle", "timeout %d ms" % timeout_ms)
         return self.status()
+
+    def _no_power(self):
+        raise errors.CmdError(errors.NOT_ALLOWED, "no power control on this BMC")
 
     def _release(self):
         if self.power is not None:
