@@ -165,20 +165,20 @@ def case_flood_never_grows_the_buffer():
 
 
 class _Stream:
-    def __init__(self):
+    """A link that takes `room` bytes, then stalls like a host that stopped reading."""
+
+    def __init__(self, room=1 << 20):
         self.out = bytearray()
-        self.calls = 0
+        self.room = room
 
     def write(self, view):
-        self.calls += 1
-        if self.calls % 3 == 1:
-            return None  # full: try again
-        k = min(len(view), 5)
+        k = min(len(view), self.room)
         self.out += bytes(view[:k])
+        self.room -= k
         return k
 
 
-def case_writer_matches_encode_and_survives_partial_writes():
+def case_writer_matches_encode():
     s = _Stream()
     w = codec.FrameWriter(s)
     w.send(codec.KIND_RESPONSE, 21, b'{"ok":true}')
@@ -187,6 +187,17 @@ def case_writer_matches_encode_and_survives_partial_writes():
     w.send_prepared(codec.KIND_CHUNK, 22, 3)
     want = frame(21, b'{"ok":true}', codec.KIND_RESPONSE) + frame(22, b"abc", codec.KIND_CHUNK)
     check(bytes(s.out) == want, "writer bytes")
+
+
+def case_writer_gives_up_on_a_stalled_link():
+    s = _Stream(room=10)
+    w = codec.FrameWriter(s)
+    try:
+        w.send(codec.KIND_RESPONSE, 5, b"x" * 40)
+    except codec.LinkStalled:
+        check(w.stalled == 1, "stall counted")
+        return
+    raise AssertionError("a short write was not reported")
 
 
 def case_loads_rejects_non_objects():

@@ -154,6 +154,10 @@ class FrameReader:
         return None
 
 
+class LinkStalled(Exception):
+    """The host stopped reading: the response (or stream) was cut short."""
+
+
 class FrameWriter:
     """Builds frames in one preallocated buffer and writes each with one call."""
 
@@ -163,6 +167,7 @@ class FrameWriter:
         self.mv = memoryview(self.buf)
         self.max_payload = max_payload
         self.frames = 0
+        self.stalled = 0
 
     def payload_view(self):
         """Where a caller may `readinto` a chunk before `send_prepared`."""
@@ -188,12 +193,12 @@ class FrameWriter:
         self.send_prepared(kind, req_id, n)
 
     def _write_all(self, view):
-        w = self.stream.write
-        while len(view):
-            k = w(view)
-            if k is None:  # a non-blocking stream that is full: try again
-                continue
-            view = view[k:]
+        # The link waits a bounded time for a reader itself; a short write means
+        # nobody is reading, and the rest of this response is abandoned.
+        n = self.stream.write(view)
+        if n is None or n < len(view):
+            self.stalled += 1
+            raise LinkStalled()
 
 
 def encode_frame(kind, req_id, payload, version=PROTO_VERSION):

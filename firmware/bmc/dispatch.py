@@ -64,7 +64,10 @@ class Dispatcher:
             frame = reader.next_frame()
             if frame is None:
                 break
-            self._handle(frame)
+            try:
+                self._handle(frame)
+            except codec.LinkStalled:
+                self._count("link_stalled")  # the host went away mid-answer
         reader.expire(now)
 
     def _count(self, label):
@@ -117,6 +120,8 @@ class Dispatcher:
         except MemoryError:
             self._count(errors.INTERNAL)
             self._reply(rid, {"ok": False, "error": errors.INTERNAL, "message": "out of memory"})
+        except codec.LinkStalled:
+            raise
         except Exception as e:  # a handler bug must not take the BMC down
             self._count(errors.INTERNAL)
             self._reply(rid, {"ok": False, "error": errors.INTERNAL, "message": repr(e)[:200]})

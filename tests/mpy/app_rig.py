@@ -19,6 +19,7 @@ class Pipe:
     def __init__(self):
         self.to_bmc = bytearray()
         self.from_bmc = bytearray()
+        self.room = None  # bytes the host will still read; None: no limit
 
     def readinto(self, buf):
         n = min(len(buf), len(self.to_bmc))
@@ -29,8 +30,11 @@ class Pipe:
         return n
 
     def write(self, data):
-        self.from_bmc.extend(data)
-        return len(data)
+        n = len(data) if self.room is None else min(len(data), self.room)
+        self.from_bmc.extend(data[:n])
+        if self.room is not None:
+            self.room -= n
+        return n
 
 
 class AppBoard(FakeBoard):

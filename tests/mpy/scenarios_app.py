@@ -237,6 +237,31 @@ def scenario_events_stream(tmp):
     assert data["next"] > 1
 
 
+def scenario_host_stops_reading_mid_stream(tmp):
+    rig = fresh(tmp)
+    key = provision(rig)
+    for _ in range(30):
+        ok(rig.host.call("identify", {"seconds": 0}, key=key))
+    nonce = ok(rig.host.call("nonce"))["nonce"]
+    rig.board.link.room = 100  # the host reads the first 100 bytes, then nothing
+    args = {"since": 0}
+    import binascii
+
+    from app_rig import key_id
+    from bmc.hmac256 import HmacKey
+
+    mac = HmacKey(key).mac(codec.mac_input(rig.app.serial, nonce, "events", args))
+    auth = {"key": key_id(key), "nonce": nonce, "mac": binascii.hexlify(mac).decode()}
+    msg = {"cmd": "events", "args": args, "auth": auth}
+    rig.host.send_raw(codec.encode_frame(codec.KIND_REQUEST, 900, codec.dumps(msg)))
+    rig.app.step()
+    assert rig.app.dispatch.results.get("link_stalled") == 1, rig.app.dispatch.results
+    rig.board.link.room = None
+    rig.board.link.from_bmc = bytearray()
+    rig.host.reader = codec.FrameReader()
+    assert ok(rig.host.call("status"))["state"] == "Off"
+
+
 def scenario_bmc_reboot_keeps_sbc(tmp):
     rig = fresh(tmp)
     key = provision(rig)

@@ -1,0 +1,407 @@
+"""The simulated board: the firmware under the MicroPython unix port, wired to a virtual SBC.
+
+- The USB CDC link is stdin/stdout: the master side of a PTY that `bmc-sim` opened with
+  O_NONBLOCK, so `readinto` returns what is there (None when nothing) and never blocks.
+  Nothing else may write to stdout; errors go to stderr.
+- The wires are a Unix socket to the virtual SBC in `bmc-sim`, carrying only what wires
+  would: pad states one way, levels, ADC readings, UART bytes and the BOOTSEL button the
+  other (line protocol in docs/simulator.md). Input levels are cached here and updated when
+  the SBC reports a change; output changes are sent at once.
+- The chip's watchdog is kept by `bmc-sim` (it is part of the silicon, not of the wires):
+  `wdt_start`/`wdt_feed` report to it over a pipe, and when the deadline passes it kills
+  this process and starts it again with reset cause "watchdog".
+- `reboot()` exits with `EXIT_REBOOT`; `bmc-sim` starts the firmware again (reset cause
+  "soft") on a fresh PTY, as a rebooting RP2040 drops off USB and enumerates again.
+"""
+
+import select
+import socket
+import struct
+import sys
+
+from bmc.board import LINK_WRITE_TIMEOUT_MS, clamp_wdt
+from bmc.clock import Clock
+from bmc.compat import const, ticks_add, ticks_diff, ticks_ms
+
+EXIT_REBOOT = const(3)  # reboot() asked for a restart
+EXIT_WIRES = const(4)  # the wires are gone (bmc-sim stopped) or never came up
+EXIT_CRASH = const(1)  # an uncaught exception (sim_main reports it on stderr)
+
+_SYNC_TIMEOUT_MS = const(5000)
+_FEED_EVERY_MS = const(200)
+_UART_RXBUF = const(2048)
+_NPINS = const(30)
+_Z = const(2)
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
+_POLLHUP_ERR = select.POLLHUP | select.POLLERR
+
+
+def log(msg):
+    sys.stderr.write("bmc-sim firmware: %s\n" % msg)
+
+
+class _In:
+    __slots__ = ("_board", "_pin", "_pull")
+
+    def __init__(self, board, pin, pull):
+        self._board = board
+        self._pin = pin
+        self._pull = 1 if pull == "up" else 0
+
+    def value(self, v=None):
+        lv = self._board._sbc_level[self._pin]
+        return self._pull if lv == _Z else lv
+
+
+class _Out:
+    __slots__ = ("_board", "_pin", "_od", "_v")
+
+    def __init__(self, board, pin, value, open_drain):
+        self._board = board
+        self._pin = pin
+        self._od = open_drain
+        self._v = 1 if value else 0
+        board._pad(pin, self._state())
+
+    def _state(self):
+        if self._od and self._v:
+            return "z"  # open-drain released
+        return "1" if self._v else "0"
+
+    def value(self, v=None):
+        if v is None:
+            return self._v
+        v = 1 if v else 0
+        if v != self._v:
+            self._v = v
+            self._board._pad(self._pin, self._state())
+        return None
+
+
+class _Adc:
+    __slots__ = ("_board", "_ch")
+
+    def __init__(self, board, channel):
+        self._board = board
+        self._ch = channel
+
+    def read_u16(self):
+        return self._board._adc[self._ch]
+
+
+class _Uart:
+    """Bytes from the SBC are buffered like the RP2040's UART FIFO + rxbuf (oldest kept)."""
+
+    def __init__(self, board, uart_id):
+        self._board = board
+        self.id = uart_id
+        self._buf = bytearray(_UART_RXBUF)
+        self._n = 0
+        self.overruns = 0
+
+    def _feed(self, data):
+        room = _UART_RXBUF - self._n
+        if len(data) > room:
+            self.overruns += len(data) - room
+            data = data[:room]
+        self._buf[self._n : self._n + len(data)] = data
+        self._n += len(data)
+
+    def any(self):
+        return self._n
+
+    def readinto(self, buf, nbytes=None):
+        n = min(len(buf), self._n)
+        if nbytes is not None:
+            n = min(n, nbytes)
+        if n == 0:
+            return None
+        buf[:n] = self._buf[:n]
+        self._consume(n)
+        return n
+
+    def read(self, nbytes=None):
+        n = self._n if nbytes is None else min(nbytes, self._n)
+        if n == 0:
+            return None
+        data = bytes(self._buf[:n])
+        self._consume(n)
+        return data
+
+    def _consume(self, n):
+        left = self._n - n
+        if left:
+            self._buf[:left] = self._buf[n : self._n]
+        self._n = left
+
+    def write(self, data):
+        if data:
+            self._board._send("T %d %s\n" % (self.id, _hex(data)))
+        return len(data)
+
+
+class _I2C:
+    """An I2C bus: the simulated wires carry no I2C, so no device answers (EIO, as a NACK)."""
+
+    def readfrom_mem(self, addr, reg, n, addrsize=8):
+        raise OSError(5)
+
+    def writeto_mem(self, addr, reg, buf, addrsize=8):
+        raise OSError(5)
+
+    def scan(self):
+        return []
+
+
+class _Link:
+    """stdin/stdout (a non-blocking PTY master) as the CDC link."""
+
+    def __init__(self):
+        self._in = sys.stdin.buffer
+        self._out = sys.stdout.buffer
+        self._wpoll = select.poll()
+        self._wpoll.register(self._out, _POLLOUT)
+
+    def readinto(self, buf):
+        try:
+            return self._in.readinto(buf)
+        except OSError:
+            return None  # EAGAIN, or EIO while no host side is open
+
+    def write(self, buf):
+        n = len(buf)
+        done = self._write(buf)
+        if done == n:
+            return n
+        mv = memoryview(buf)
+        deadline = ticks_add(ticks_ms(), LINK_WRITE_TIMEOUT_MS)
+        while done < n:
+            left = ticks_diff(deadline, ticks_ms())
+            if left <= 0:
+                break  # the host does not read: drop the rest, as USB does
+            for _ in self._wpoll.ipoll(left):
+                pass
+            done += self._write(mv[done:])
+        return done
+
+    def _write(self, data):
+        try:
+            k = self._out.write(data)
+        except OSError:
+            return 0
+        return k or 0
+
+
+def _hex(data):
+    import binascii
+
+    return binascii.hexlify(data).decode()
+
+
+def _unhex(text):
+    import binascii
+
+    return binascii.unhexlify(text)
+
+
+class Board:
+    root = "/flash"
+
+    def __init__(
+        self, board_def, wires_path, slot=1, reset_cause="power_on", uid=None, chip_fd=None
+    ):
+        self.board_def = board_def
+        self.slot = slot
+        self.clock = Clock()
+        self._cause = reset_cause
+        self._uid = uid if uid is not None else struct.pack(">Q", slot)
+        self._sbc_level = bytearray(_NPINS)
+        for i in range(_NPINS):
+            self._sbc_level[i] = _Z
+        self._adc = [0, 0, 0, 0, 0]
+        self._bootsel = False
+        self._uarts = {}
+        self._rx = bytearray()
+        self._synced = False
+        self._wdt_ms = 0
+        self._last_feed = 0
+        self._chip = None
+        if chip_fd is not None:
+            self._chip = open("/proc/self/fd/%d" % chip_fd, "wb")
+        self.link = _Link()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.connect(_sockaddr(wires_path))
+        except OSError as e:
+            log("cannot connect the wires %s: %r" % (wires_path, e))
+            sys.exit(EXIT_WIRES)
+        self._sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(sys.stdin.buffer, _POLLIN)
+        self._poll.register(self._sock, _POLLIN)
+        self._wires_poll = select.poll()
+        self._wires_poll.register(self._sock, _POLLIN)
+        self._send("H %d\n" % slot)
+        self._sync()
+
+    # -- the wires -------------------------------------------------------------
+    def _send(self, line):
+        data = line.encode()
+        sock = self._sock
+        while data:
+            try:
+                k = sock.send(data)
+            except OSError as e:
+                if e.args[0] == 11:  # EAGAIN: the SBC side is slow; wait for room
+                    p = select.poll()
+                    p.register(sock, _POLLOUT)
+                    p.poll(100)
+                    continue
+                log("wires broken: %r" % (e,))
+                sys.exit(EXIT_WIRES)
+            data = data[k:]
+
+    def _pad(self, pin, state):
+        self._send("P %d %s\n" % (pin, state))
+
+    def _sync(self):
+        deadline = ticks_add(ticks_ms(), _SYNC_TIMEOUT_MS)
+        while not self._synced:
+            left = ticks_diff(deadline, ticks_ms())
+            if left <= 0:
+                log("the virtual SBC did not answer on the wires")
+                sys.exit(EXIT_WIRES)
+            if self._wires_poll.poll(left):
+                self._read_wires()
+
+    def _read_wires(self):
+        """Take what the SBC sent; True when console bytes arrived."""
+        try:
+            data = self._sock.recv(4096)
+        except OSError as e:
+            if e.args[0] == 11:
+                return False
+            data = b""
+        if not data:
+            log("the virtual SBC closed the wires")
+            sys.exit(EXIT_WIRES)
+        rx = self._rx
+        rx.extend(data)
+        uart_data = False
+        start = 0
+        while True:
+            end = rx.find(b"\n", start)
+            if end < 0:
+                break
+            if self._line(bytes(rx[start:end])):
+                uart_data = True
+            start = end + 1
+        if start:
+            self._rx = rx[start:]
+        return uart_data
+
+    def _line(self, line):
+        parts = line.split()
+        if not parts:
+            return False
+        op = parts[0]
+        try:
+            if op == b"L":
+                pin = int(parts[1])
+                v = parts[2]
+                self._sbc_level[pin] = _Z if v == b"z" else (1 if v == b"1" else 0)
+            elif op == b"A":
+                self._adc[int(parts[1])] = int(parts[2]) & 0xFFFF
+            elif op == b"R":
+                u = self._uarts.get(int(parts[1]))
+                if u is not None:
+                    u._feed(_unhex(parts[2]))
+                    return True
+            elif op == b"B":
+                self._bootsel = parts[1] == b"1"
+            elif op == b"S":
+                self._synced = True
+            else:
+                log("unknown wires message %r" % line[:40])
+        except (IndexError, ValueError) as e:
+            log("bad wires message %r: %r" % (line[:40], e))
+        return False
+
+    # -- the board interface ---------------------------------------------------
+    def input(self, pin, pull):
+        self._pad(pin, "u" if pull == "up" else ("d" if pull == "down" else "z"))
+        return _In(self, pin, pull)
+
+    def output(self, pin, value, open_drain):
+        return _Out(self, pin, value, open_drain)
+
+    def adc(self, channel):
+        if not 0 <= channel <= 4:
+            raise ValueError("ADC channel %d" % channel)
+        return _Adc(self, channel)
+
+    def uart(self, uart_id, tx, rx, baud):
+        u = _Uart(self, uart_id)
+        self._uarts[uart_id] = u
+        return u
+
+    def i2c(self, bus, sda, scl, freq):
+        return _I2C()
+
+    def wait(self, timeout_ms):
+        if timeout_ms < 0:
+            timeout_ms = 0
+        deadline = ticks_add(ticks_ms(), timeout_ms)
+        while True:
+            hup = False
+            for obj, ev in self._poll.ipoll(timeout_ms):
+                if obj is self._sock:
+                    self._read_wires()
+                    return
+                if ev & _POLLIN:
+                    return
+                hup = True
+            timeout_ms = ticks_diff(deadline, ticks_ms())
+            if hup:
+                # Nothing holds the other end of the PTY: wait on the wires alone.
+                if timeout_ms > 0 and self._wires_poll.poll(timeout_ms):
+                    self._read_wires()
+                return
+            if timeout_ms <= 0:
+                return
+
+    def bootsel(self):
+        return self._bootsel
+
+    def unique_id(self):
+        return self._uid
+
+    def reset_cause(self):
+        return self._cause
+
+    def wdt_start(self, ms):
+        if self._wdt_ms == 0:
+            self._wdt_ms = clamp_wdt(ms)
+            self._last_feed = ticks_ms()
+            self._chip_write(("W %d\n" % self._wdt_ms).encode())
+
+    def wdt_feed(self):
+        # Feeds are passed on at most every _FEED_EVERY_MS (bmc-sim allows that much slack).
+        if self._wdt_ms:
+            now = ticks_ms()
+            if ticks_diff(now, self._last_feed) >= _FEED_EVERY_MS:
+                self._last_feed = now
+                self._chip_write(b"F\n")
+
+    def _chip_write(self, msg):
+        if self._chip is not None:
+            self._chip.write(msg)
+
+    def reboot(self):
+        sys.exit(EXIT_REBOOT)
+
+
+def _sockaddr(path):
+    # The unix port takes a raw sockaddr_un: family (native u16), path, NUL.
+    return struct.pack("H", socket.AF_UNIX) + path.encode() + b"\0"
