@@ -56,6 +56,16 @@ def raw_level(sig, asserted):
 
 
 class Lines:
+    # Output roles, set by start_outputs (None where the board lacks one).
+    run = None
+    global_en = None
+    boot_select = None
+    shutdown_req = None
+    power_button = None
+    status_led = None
+    identify_led = None
+    usb_mux = None
+
     def __init__(self, board, defn):
         self._board = board
         self._defn = defn

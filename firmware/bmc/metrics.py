@@ -22,7 +22,7 @@ import gc
 from bmc import VERSION, auth, power
 
 try:
-    from micropython import mem_total as _mem_total
+    from micropython import mem_total as _mem_total  # type: ignore[attr-defined]
 except ImportError:  # the rp2 port builds without MICROPY_MEM_STATS; CPython
     _mem_total = None
 
@@ -37,7 +37,7 @@ try:
     _as_bytes = memoryview
 except TypeError:  # CPython
 
-    def _as_bytes(s):
+    def _as_bytes(s):  # type: ignore[no-redef]
         return s.encode()
 
 
