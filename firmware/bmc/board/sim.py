@@ -29,9 +29,12 @@ EXIT_CRASH = const(1)  # an uncaught exception (sim_main reports it on stderr)
 
 _SYNC_TIMEOUT_MS = const(5000)
 _FEED_EVERY_MS = const(200)
-_UART_RXBUF = const(2048)
+_UART_RXBUF = const(1024)  # as rp2.Board asks of machine.UART
+_WIRES_BUF = const(1024)
 _NPINS = const(30)
 _Z = const(2)
+# The unix port has AF_UNIX; the RP2040 stubs the firmware is type-checked against do not.
+_AF_UNIX = socket.AF_UNIX  # type: ignore[attr-defined]
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
 _POLLHUP_ERR = select.POLLHUP | select.POLLERR
@@ -222,7 +225,9 @@ class Board:
         self._adc = [0, 0, 0, 0, 0]
         self._bootsel = False
         self._uarts = {}
-        self._rx = bytearray()
+        self._rbuf = bytearray(_WIRES_BUF)
+        self._rmv = memoryview(self._rbuf)
+        self._rn = 0
         self._synced = False
         self._wdt_ms = 0
         self._last_feed = 0
@@ -230,7 +235,7 @@ class Board:
         if chip_fd is not None:
             self._chip = open("/proc/self/fd/%d" % chip_fd, "wb")
         self.link = _Link()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = socket.socket(_AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.connect(_sockaddr(wires_path))
         except OSError as e:
@@ -276,29 +281,37 @@ class Board:
                 self._read_wires()
 
     def _read_wires(self):
-        """Take what the SBC sent; True when console bytes arrived."""
+        """Take what the SBC sent (into a preallocated buffer); True when console bytes came."""
+        n = self._rn
         try:
-            data = self._sock.recv(4096)
+            k = self._sock.readinto(self._rmv[n:])
         except OSError as e:
             if e.args[0] == 11:
                 return False
-            data = b""
-        if not data:
+            k = 0
+        if k is None:
+            return False
+        if not k:
             log("the virtual SBC closed the wires")
             sys.exit(EXIT_WIRES)
-        rx = self._rx
-        rx.extend(data)
+        n += k
+        buf = self._rbuf
         uart_data = False
         start = 0
         while True:
-            end = rx.find(b"\n", start)
+            end = buf.find(b"\n", start, n)
             if end < 0:
                 break
-            if self._line(bytes(rx[start:end])):
+            if self._line(bytes(self._rmv[start:end])):
                 uart_data = True
             start = end + 1
         if start:
-            self._rx = rx[start:]
+            buf[: n - start] = self._rmv[start:n]
+            n -= start
+        elif n == len(buf):
+            log("wires line longer than %d bytes dropped" % n)
+            n = 0
+        self._rn = n
         return uart_data
 
     def _line(self, line):
@@ -404,4 +417,4 @@ class Board:
 
 def _sockaddr(path):
     # The unix port takes a raw sockaddr_un: family (native u16), path, NUL.
-    return struct.pack("H", socket.AF_UNIX) + path.encode() + b"\0"
+    return struct.pack("H", _AF_UNIX) + path.encode() + b"\0"

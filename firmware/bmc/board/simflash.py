@@ -1,0 +1,90 @@
+"""The simulated board's flash: littlefs (VfsLfs2) on a block device backed by an image file.
+
+The same filesystem code as on an RP2040 (MicroPython's littlefs), with blocks stored in a
+file: `mount(image_path, "/flash")`. Writes go straight to the file with no caching, so a
+process killed at any moment leaves the image as a power cut would leave the flash chip
+(every block program either happened or did not).
+"""
+
+import os
+
+import vfs
+
+BLOCK_SIZE = 4096
+BLOCK_COUNT = 256  # 1 MiB, about the filesystem of a 2 MB Pico
+
+_IOCTL_BLOCK_COUNT = 4
+_IOCTL_BLOCK_SIZE = 5
+_IOCTL_BLOCK_ERASE = 6
+
+
+class FileBlockDevice:
+    def __init__(self, f, block_size=BLOCK_SIZE, block_count=BLOCK_COUNT):
+        self.f = f
+        self.block_size = block_size
+        self.block_count = block_count
+        self._erased = b"\xff" * block_size
+
+    def readblocks(self, block, buf, offset=0):
+        self.f.seek(block * self.block_size + offset)
+        n = self.f.readinto(buf)
+        if n is None or n < len(buf):
+            raise OSError(5)  # EIO: the image is shorter than the filesystem
+
+    def writeblocks(self, block, buf, offset=None):
+        if offset is None:  # simple interface: erase, then program whole blocks
+            offset = 0
+        self.f.seek(block * self.block_size + offset)
+        self.f.write(buf)
+
+    def ioctl(self, op, arg):
+        if op == _IOCTL_BLOCK_COUNT:
+            return self.block_count
+        if op == _IOCTL_BLOCK_SIZE:
+            return self.block_size
+        if op == _IOCTL_BLOCK_ERASE:
+            self.f.seek(arg * self.block_size)
+            self.f.write(self._erased)
+            return 0
+        return None
+
+
+def open_image(path, block_count=BLOCK_COUNT):
+    """Open the image file, creating or extending it with erased blocks; (file, blank)."""
+    size = BLOCK_SIZE * block_count
+    try:
+        have = os.stat(path)[6]
+    except OSError:
+        have = 0
+        open(path, "wb").close()
+    f = open(path, "r+b")
+    if have < size:
+        f.seek(have)
+        pad = b"\xff" * BLOCK_SIZE
+        left = size - have
+        while left > 0:
+            n = min(left, BLOCK_SIZE)
+            f.write(pad[:n])
+            left -= n
+    return f, have == 0
+
+
+def mount(path, mountpoint, log=None):
+    """Mount the image at `mountpoint`, formatting it when blank or unreadable.
+
+    Returns the block device. Like MicroPython's own `_boot.py` on the rp2 port, a
+    filesystem that does not mount is formatted; `log(message)` hears about it.
+    """
+    f, created = open_image(path)
+    bdev = FileBlockDevice(f)
+    if created:
+        vfs.VfsLfs2.mkfs(bdev)
+    try:
+        fs = vfs.VfsLfs2(bdev)
+    except OSError as e:
+        if log is not None:
+            log("flash image %s does not mount (%r): formatting" % (path, e))
+        vfs.VfsLfs2.mkfs(bdev)
+        fs = vfs.VfsLfs2(bdev)
+    vfs.mount(fs, mountpoint)
+    return bdev

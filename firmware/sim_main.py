@@ -1,0 +1,113 @@
+# Racklet BMC under the MicroPython unix port: the firmware of one simulated board.
+#
+# bmc-sim runs: micropython -X heapsize=192K sim_main.py --slot N --wires PATH
+#   --image PATH [--board-file PATH] [--firmware DIR] [--reset-cause CAUSE] [--uid HEX]
+#   [--chip-fd FD]
+# with stdin/stdout the master of this board's PTY (its USB CDC link). The flash is the
+# littlefs image at --image, mounted at /flash (formatted when blank); on a blank image the
+# board file is copied in as /flash/board.json, as `make deploy` puts /board.json on a
+# real board. --firmware puts the compiled firmware (.mpy) first on the import path.
+# stdout is the link: errors and tracebacks go to stderr only.
+import sys
+
+_OPTIONS = (
+    "slot",
+    "wires",
+    "image",
+    "board-file",
+    "firmware",
+    "reset-cause",
+    "uid",
+    "chip-fd",
+)
+_REQUIRED = ("slot", "wires", "image")
+_CAUSES = ("power_on", "watchdog", "soft", "unknown")
+EXIT_USAGE = 2
+
+
+def _err(msg):
+    sys.stderr.write("sim_main: %s\n" % msg)
+
+
+def parse_args(argv):
+    opts = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("--") or a[2:] not in _OPTIONS:
+            raise ValueError("unknown argument %s (options: --%s)" % (a, ", --".join(_OPTIONS)))
+        if i + 1 >= len(argv):
+            raise ValueError("%s needs a value" % a)
+        opts[a[2:]] = argv[i + 1]
+        i += 2
+    for name in _REQUIRED:
+        if name not in opts:
+            raise ValueError("--%s is required" % name)
+    opts["slot"] = int(opts["slot"])
+    if opts.get("chip-fd") is not None:
+        opts["chip-fd"] = int(opts["chip-fd"])
+    cause = opts.get("reset-cause", "power_on")
+    if cause not in _CAUSES:
+        raise ValueError("--reset-cause must be one of %s" % ", ".join(_CAUSES))
+    opts["reset-cause"] = cause
+    return opts
+
+
+def _exists(path):
+    import os
+
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _copy(src, dest):
+    with open(src, "rb") as f:
+        data = f.read()
+    tmp = dest + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    import os
+
+    os.rename(tmp, dest)
+
+
+def main(argv):
+    try:
+        opts = parse_args(argv)
+    except ValueError as e:
+        _err(str(e))
+        sys.exit(EXIT_USAGE)
+    if opts.get("firmware"):
+        sys.path.insert(0, opts["firmware"])
+    import binascii
+
+    from bmc.board import sim, simflash
+
+    simflash.mount(opts["image"], "/flash", _err)
+    board_file = opts.get("board-file")
+    if board_file and not _exists("/flash/board.json"):
+        _copy(board_file, "/flash/board.json")
+    uid = opts.get("uid")
+    board = sim.Board(
+        None,
+        opts["wires"],
+        slot=opts["slot"],
+        reset_cause=opts["reset-cause"],
+        uid=binascii.unhexlify(uid) if uid else None,
+        chip_fd=opts.get("chip-fd"),
+    )
+    import bmc.app
+
+    bmc.app.main(board)
+
+
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    raise
+except BaseException as e:  # noqa: BLE001 - report on stderr, never on the link
+    sys.print_exception(e, sys.stderr)
+    sys.exit(1)
