@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from . import cli_boot, discovery
 from .client import DEFAULT_TIMEOUT, DISRUPTIVE_ACTIONS, POWER_ACTIONS, BmcClient, open_client
@@ -467,10 +467,29 @@ def parse_value(text: str) -> Any:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    key = need_key(args)
+    ports = find_targets(args, args.timeout)
     if args.action == "get":
-        return simple(args, lambda c: c.config_get())
-    value = parse_value(args.value)
-    return simple(args, lambda c: c.config_set(args.name, value))
+        rows = run_all(ports, lambda c: c.config_get(), key, args.timeout)
+    else:
+        value = parse_value(args.value)
+        rows = run_all(ports, lambda c: c.config_set(args.name, value), key, args.timeout)
+    if args.json:
+        return emit(args, rows)
+    # one line per setting: settings are many, targets few
+    lines: List[Tuple[str, str, str]] = []
+    for r in rows:
+        if not r.get("ok"):
+            lines.append((r["target"], "error", f"{r['error']}: {r['message']}"))
+            continue
+        for name in sorted(r["data"]):
+            lines.append((r["target"], name, _fmt(r["data"][name])))
+    w0 = max([6] + [len(t) for t, _, _ in lines])
+    w1 = max([7] + [len(n) for _, n, _ in lines])
+    print(f"{'TARGET'.ljust(w0)}  {'SETTING'.ljust(w1)}  VALUE")
+    for t, n, v in lines:
+        print(f"{t.ljust(w0)}  {n.ljust(w1)}  {v}")
+    return exit_code(rows)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
