@@ -173,7 +173,8 @@ def _stop(sim: subprocess.Popen[bytes]) -> None:
 
 def _next_steps(rack: str, key_path: str, url: str, slots: List[str]) -> str:
     node = slots[1] if len(slots) > 1 else slots[0]
-    key = os.path.relpath(key_path)
+    key = os.path.relpath(key_path) if key_path.startswith(os.getcwd() + os.sep) else key_path
+    rack = os.path.relpath(rack) if os.path.abspath(rack).startswith(os.getcwd()) else rack
     return f"""
 The rack is up: {len(slots)} BMCs ({", ".join(slots)}), bridge at {url}/metrics
 
@@ -182,7 +183,7 @@ In another shell (from this directory):
   export BMC_RACK={rack} BMC_KEY_FILE={key}
   .venv/bin/bmcctl list
   .venv/bin/bmcctl power On {node}
-  .venv/bin/bmcctl power PowerCycle {node} --yes
+  .venv/bin/bmcctl power PowerCycle {node}
   .venv/bin/bmcctl status {node}
   curl -s {url}/probe?target={node} | grep -E '^(sbc_|bmc_up)'
   curl -s {url}/metrics | less
