@@ -159,27 +159,21 @@ def find_targets(args: argparse.Namespace, timeout: float) -> List[BmcPort]:
             return ports
         names = ", ".join(p.name for p in ports)
         raise UsageError(f"{len(ports)} BMCs found ({names}): name targets or use --all")
-    chosen: List[BmcPort] = []
-    unknown: List[str] = []
-    for sel in sels:
-        hit = discovery.match(ports, sel)
-        if hit is None:
-            unknown.append(sel)
-        elif hit not in chosen:
-            chosen.append(hit)
-    if unknown:
+    hits = [discovery.match(ports, sel) for sel in sels]
+    if None in hits:
         # maybe serial numbers the ports do not advertise: ask the BMCs
-        serials = _ask_serials([p for p in ports if p.serial is None], timeout)
-        for sel in unknown:
-            hit = next((p for p in serials if p.serial == sel or p.serial == sel.upper()), None)
-            if hit is None:
-                raise NoBmcFound(f"no BMC matches '{sel}'")
-            if hit not in chosen:
-                chosen.append(hit)
+        _ask_serials([p for p in ports if p.serial is None], timeout)
+        hits = [discovery.match(ports, sel) or discovery.match(ports, sel.upper()) for sel in sels]
+    chosen: List[BmcPort] = []
+    for sel, hit in zip(sels, hits):  # in the order given
+        if hit is None:
+            raise NoBmcFound(f"no BMC matches '{sel}'")
+        if hit not in chosen:
+            chosen.append(hit)
     return chosen
 
 
-def _ask_serials(ports: Sequence[BmcPort], timeout: float) -> List[BmcPort]:
+def _ask_serials(ports: Sequence[BmcPort], timeout: float) -> None:
     def one(port: BmcPort) -> None:
         try:
             with open_client(port, timeout=timeout) as c:
@@ -189,7 +183,6 @@ def _ask_serials(ports: Sequence[BmcPort], timeout: float) -> List[BmcPort]:
 
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(ports)))) as ex:
         list(ex.map(one, ports))
-    return list(ports)
 
 
 def run_all(
