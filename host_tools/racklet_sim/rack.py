@@ -645,20 +645,26 @@ def _run_parser() -> argparse.ArgumentParser:
 def _sub_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bmc-sim")
     sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("bootsel", help="hold a board's BOOTSEL button")
-    b.add_argument("--seconds", type=float, default=1.0)
-    f = sub.add_parser("fault", help="inject a fault into a virtual SBC")
-    f.add_argument("kind", choices=FAULTS)
-    f.add_argument("--rail", default=None)
-    k = sub.add_parser("kill", help="SIGKILL a BMC (its SBC keeps running)")
-    k.add_argument("--no-restart", action="store_true")
-    sub.add_parser("start", help="start a BMC that was killed with --no-restart")
-    sub.add_parser("sbc", help="print a virtual SBC's state as JSON")
-    st = sub.add_parser("status", help="print the rack's state as JSON")
-    for sp in (b, f, k, sub.choices["start"], sub.choices["sbc"]):
+    helps = {
+        "bootsel": "hold a board's BOOTSEL button",
+        "fault": "inject a fault into a virtual SBC",
+        "kill": "SIGKILL a BMC (its SBC keeps running)",
+        "start": "start a BMC that was killed with --no-restart",
+        "sbc": "print a virtual SBC's state as JSON",
+        "status": "print the rack's state as JSON",
+    }
+    for name in SUBCOMMANDS:
+        sp = sub.add_parser(name, help=helps[name])
         sp.add_argument("--rack", default=os.environ.get("BMC_RACK"), help="the rack directory")
-        sp.add_argument("slot", help="slot number (or slotN)")
-    st.add_argument("--rack", default=os.environ.get("BMC_RACK"), help="the rack directory")
+        if name != "status":
+            sp.add_argument("slot", help="slot number (or slotN)")
+        if name == "bootsel":
+            sp.add_argument("--seconds", type=float, default=1.0)
+        elif name == "fault":
+            sp.add_argument("kind", choices=FAULTS)
+            sp.add_argument("--rail", default=None)
+        elif name == "kill":
+            sp.add_argument("--no-restart", action="store_true")
     return p
 
 

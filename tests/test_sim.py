@@ -1,0 +1,226 @@
+"""bmc-sim: the real firmware under MicroPython, wired to virtual SBCs that outlive it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List
+
+import pytest
+import serial
+from racklet_sim.rack import Rack
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BIN = pathlib.Path(sys.executable).parent
+
+
+def fast_board(tmp: pathlib.Path, name: str = "pico-rpi4") -> str:
+    """The board file with no minimum off time, so power-on starts at once."""
+    raw = json.loads((ROOT / "boards" / "rp2040" / f"{name}.json").read_text())
+    raw["timing"]["min_off_ms"] = 0
+    path = tmp / f"{name}-fast.json"
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+def bmcctl(rack: Rack, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, BMC_RACK=str(rack.path))
+    env.pop("BMC_KEY_FILE", None)
+    proc = subprocess.run(
+        [str(BIN / "bmcctl"), *args], capture_output=True, text=True, env=env, timeout=60
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bmcctl {args} -> {proc.returncode}: {proc.stdout}{proc.stderr}")
+    return proc
+
+
+def status(rack: Rack, slot: int = 1) -> Dict[str, Any]:
+    out = json.loads(bmcctl(rack, "--json", "status", f"slot{slot}").stdout)
+    assert out[0]["ok"], out
+    data: Dict[str, Any] = out[0]["data"]
+    return data
+
+
+def wait_for(what: str, pred: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def provision(rack: Rack, tmp: pathlib.Path, slot: int = 1) -> str:
+    key = str(tmp / f"admin{slot}.key")
+    rack.bootsel(slot, seconds=10)
+    bmcctl(rack, "--key-file", key, "keys", "provision", f"slot{slot}", "--role", "admin")
+    return key
+
+
+def power_on(rack: Rack, key: str, slot: int = 1) -> None:
+    bmcctl(rack, "--key-file", key, "power", "On", f"slot{slot}")
+    wait_for("power On", lambda: status(rack, slot)["state"] == "On")
+    wait_for("the SBC to boot", lambda: rack.sbc(slot)["os"] == "running")
+
+
+def sbc_lines(board: str) -> List[str]:
+    """The pins of every line that matters to the SBC (LEDs aside) that the BMC drives."""
+    from bmc import boardfile
+
+    defn = boardfile.load(board)
+    pins = {str(r["enable"]["pin"]) for r in defn["rails"] if r["enable"] is not None}
+    for role, sig in defn["signals"].items():
+        if sig["output"] and role not in ("status_led", "identify_led"):
+            pins.add(str(sig["pin"]))
+    return sorted(pins)
+
+
+def assert_untouched(before: Dict[str, Any], after: Dict[str, Any], pins: List[str]) -> None:
+    """The SBC saw no level change on these lines between the two snapshots."""
+    for pin in pins:
+        assert after["history"][pin] == before["history"][pin], (pin, before, after)
+    assert after["rail_drops"] == before["rail_drops"] == 0
+    assert all(r["powered"] and r["pgood"] for r in after["rails"])
+    assert after["os"] == "running" and after["boots"] == before["boots"]
+
+
+def test_sbc_keeps_running_through_a_sigkill_of_its_bmc(tmp_path: pathlib.Path) -> None:
+    board = fast_board(tmp_path)
+    with Rack(boards=1, board=board) as rack:
+        key = provision(rack, tmp_path)
+        power_on(rack, key)
+        before = rack.sbc(1)
+        old = serial.Serial(rack.port(1), timeout=10)
+        starts = rack.slot_info(1)["starts"]
+
+        rack.kill(1)
+        # The old device is gone, as an unplugged USB CDC device is.
+        with pytest.raises(serial.SerialException):
+            old.read(1)
+        old.close()
+
+        rack.wait_restarted(1, starts)
+        st = status(rack)
+        assert st["state"] == "On"  # adopted from power-good, not powered again
+        assert st["reset_cause"] == "power_on"
+        after = rack.sbc(1)
+        assert after["bmc_connected"]
+        assert_untouched(before, after, sbc_lines(board))
+
+
+def test_watchdog_resets_a_hung_bmc_and_says_so(tmp_path: pathlib.Path) -> None:
+    board = fast_board(tmp_path)
+    with Rack(boards=1, board=board) as rack:
+        key = provision(rack, tmp_path)
+        power_on(rack, key)
+        before = rack.sbc(1)
+        info = rack.slot_info(1)
+        os.kill(info["pid"], signal.SIGSTOP)  # the firmware hangs: nobody feeds the watchdog
+        rack.wait_restarted(1, info["starts"], timeout=30)
+        st = status(rack)
+        assert st["reset_cause"] == "watchdog"
+        assert st["state"] == "On"
+        assert_untouched(before, rack.sbc(1), sbc_lines(board))
+
+
+def test_bmc_reboot_comes_back_under_the_same_slot(tmp_path: pathlib.Path) -> None:
+    with Rack(boards=2, board=fast_board(tmp_path)) as rack:
+        key = provision(rack, tmp_path, slot=2)
+        serial_before = status(rack, 2)["serial"]
+        starts = rack.slot_info(2)["starts"]
+        bmcctl(rack, "--key-file", key, "bmc-reboot", "slot2")
+        rack.wait_restarted(2, starts)
+        st = status(rack, 2)
+        assert st["reset_cause"] == "soft"
+        assert st["serial"] == serial_before
+        assert st["provisioned"]  # the flash (littlefs image) kept the key
+        assert rack.slot_info(1)["starts"] == 1  # the other slot was not touched
+
+
+def test_bootsel_press_from_the_command_line(tmp_path: pathlib.Path) -> None:
+    with Rack(boards=1, board=fast_board(tmp_path)) as rack:
+        key = str(tmp_path / "admin.key")
+        refused = bmcctl(
+            rack, "--key-file", key, "keys", "provision", "slot1", "--role", "admin", check=False
+        )
+        assert refused.returncode == 5, refused.stdout + refused.stderr
+        assert not rack.sbc(1)["bootsel"]
+
+        out = subprocess.run(
+            [str(BIN / "bmc-sim"), "bootsel", "--rack", str(rack.path), "1", "--seconds", "1.5"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert rack.sbc(1)["bootsel"]
+        bmcctl(rack, "--key-file", key, "keys", "provision", "slot1", "--role", "admin")
+        assert status(rack)["provisioned"]
+        wait_for("BOOTSEL release", lambda: not rack.sbc(1)["bootsel"], timeout=10)
+
+
+def test_control_socket_refuses_bad_requests(tmp_path: pathlib.Path) -> None:
+    with Rack(boards=1, board=fast_board(tmp_path)) as rack:
+        for args, msg in (
+            (["bootsel", "--rack", str(rack.path), "7"], "no slot"),
+            (["fault", "--rack", str(rack.path), "1", "self_halt"], "not running"),
+            (["fault", "--rack", str(rack.path), "1", "pgood_never", "--rail", "12v"], "rail"),
+            (["bootsel", "--rack", str(rack.path), "1", "--seconds", "-1"], "seconds"),
+        ):
+            out = subprocess.run(
+                [str(BIN / "bmc-sim"), *args], capture_output=True, text=True, timeout=30
+            )
+            assert out.returncode == 1, (args, out.stdout, out.stderr)
+            assert msg in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert rack.slot_info(1)["running"]
+
+
+def test_power_good_lost_while_on_is_a_fault(tmp_path: pathlib.Path) -> None:
+    with Rack(boards=1, board=fast_board(tmp_path)) as rack:
+        key = provision(rack, tmp_path)
+        power_on(rack, key)
+        rack.fault(1, "pgood_drop", rail="3v3")
+        wait_for("Fault", lambda: status(rack)["state"] == "Fault")
+        sbc = rack.sbc(1)
+        assert sbc["os"] == "off"
+        assert not any(r["powered"] for r in sbc["rails"])  # rails switched off
+
+
+def test_sbc_console_boot_log_reaches_the_bmc(tmp_path: pathlib.Path) -> None:
+    with Rack(boards=1, board=fast_board(tmp_path)) as rack:
+        key = provision(rack, tmp_path)
+        power_on(rack, key)
+        wait_for("login prompt", lambda: "login:" in rack.sbc(1)["console_out"])
+        out = bmcctl(rack, "--key-file", key, "console", "slot1").stdout
+        assert "Booting Linux" in out and "racklet-slot1 login:" in out
+
+
+def test_ctrl_c_stops_everything_and_removes_the_links(tmp_path: pathlib.Path) -> None:
+    rack_dir = tmp_path / "rack"
+    proc = subprocess.Popen(
+        [str(BIN / "bmc-sim"), "--rack", str(rack_dir), "--boards", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for("links", lambda: all((rack_dir / f"slot{i}").exists() for i in (1, 2)))
+        pids = [s["pid"] for s in Rack(rack_dir=rack_dir).status()["slots"]]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not any(
+        p.name.startswith("slot") and not p.name.endswith((".img", ".log"))
+        for p in rack_dir.iterdir()
+    ), sorted(p.name for p in rack_dir.iterdir())
+    assert not (rack_dir / "control.sock").exists()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
