@@ -224,3 +224,46 @@ def test_ctrl_c_stops_everything_and_removes_the_links(tmp_path: pathlib.Path) -
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_sbc_that_halts_by_itself_is_switched_off_and_stays_off(tmp_path: pathlib.Path) -> None:
+    with Rack(boards=1, board=fast_board(tmp_path)) as rack:
+        key = provision(rack, tmp_path)
+        power_on(rack, key)
+        rack.fault(1, "self_halt")  # someone ran `poweroff` on the SBC
+        wait_for("Off", lambda: status(rack)["state"] == "Off")
+        st = status(rack)
+        assert st["cause"] == "os_halt"
+        sbc = rack.sbc(1)
+        assert sbc["os"] == "off" and not any(r["powered"] for r in sbc["rails"])
+        assert "reboot: Power down" in sbc["console_out"]
+
+
+def test_graceful_shutdown_halts_the_sbc_before_rails_go_off(tmp_path: pathlib.Path) -> None:
+    with Rack(boards=1, board=fast_board(tmp_path)) as rack:
+        key = provision(rack, tmp_path)
+        power_on(rack, key)
+        bmcctl(rack, "--key-file", key, "power", "GracefulShutdown", "slot1")
+        wait_for("Off", lambda: status(rack)["state"] == "Off")
+        sbc = rack.sbc(1)
+        assert sbc["os"] == "off"
+        out = sbc["console_out"]
+        assert out.index("Reached target System Power Off") < out.index("reboot: Power down")
+
+
+def test_sim_main_rejects_bad_arguments_on_stderr(tmp_path: pathlib.Path) -> None:
+    from racklet_sim.rack import micropython_binary, sim_main
+
+    for args, msg in (
+        ([], "--slot is required"),
+        (["--slot", "1", "--wires", "w", "--image", "i", "--bogus", "x"], "unknown argument"),
+        (["--slot", "1", "--wires", "w", "--image", "i", "--reset-cause", "x"], "reset-cause"),
+    ):
+        out = subprocess.run(
+            [micropython_binary(), str(sim_main()), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 2 and msg in out.stderr, (args, out.stderr)
+        assert out.stdout == ""  # stdout is the USB link: nothing strays onto it

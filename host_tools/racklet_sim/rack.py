@@ -47,7 +47,7 @@ from .sbc import FAULTS, VirtualSbc, load_board
 
 EXIT_REBOOT = 3  # bmc.board.sim.EXIT_REBOOT
 EXIT_WIRES = 4  # bmc.board.sim.EXIT_WIRES
-HEAP = "192K"
+HEAP = os.environ.get("BMC_SIM_HEAP", "192K")  # the RP2040's GC heap; override to diagnose
 WATCHDOG_SLACK_MS = 250  # the firmware passes feeds on at most every 200 ms
 RESTART_DELAY_S = 0.05
 CRASH_RESTART_DELAY_S = 1.0
