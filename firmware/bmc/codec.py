@@ -220,6 +220,8 @@ def loads(payload):
     """Parse a JSON message; ValueError on anything that is not a JSON object."""
     try:
         obj = json.loads(bytes(payload))
+    except MemoryError:
+        raise
     except Exception:  # MicroPython raises ValueError, CPython also UnicodeDecodeError
         raise ValueError("payload is not JSON")
     if not isinstance(obj, dict):
@@ -247,17 +249,30 @@ def canon(value):
 
 def _quote(s):
     """A JSON string, escaped identically on both runtimes (json.dumps is not:
-    CPython escapes non-ASCII, MicroPython does not)."""
-    out = []
+    CPython escapes non-ASCII, MicroPython does not).
+
+    Unescaped runs are sliced whole: a long argument (a base64 upload chunk)
+    costs one copy, not a list entry per character."""
+    out = None
+    start = 0
+    i = 0
     for ch in s:
         o = ord(ch)
-        if ch == '"' or ch == "\\":
-            out.append("\\" + ch)
-        elif o < 0x20:
-            i = _SHORT_CODES.find(ch)
-            out.append("\\" + _SHORT_NAMES[i] if i >= 0 else "\\u%04x" % o)
-        else:
-            out.append(ch)
+        if o < 0x20 or ch == '"' or ch == "\\":
+            if out is None:
+                out = []
+            if start < i:
+                out.append(s[start:i])
+            if o >= 0x20:
+                out.append("\\" + ch)
+            else:
+                k = _SHORT_CODES.find(ch)
+                out.append("\\" + _SHORT_NAMES[k] if k >= 0 else "\\u%04x" % o)
+            start = i + 1
+        i += 1
+    if out is None:
+        return '"' + s + '"'
+    out.append(s[start:])
     return '"' + "".join(out) + '"'
 
 
