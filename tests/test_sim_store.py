@@ -77,8 +77,10 @@ def test_files_are_old_or_new_after_kills_during_writes(tmp_path: pathlib.Path) 
         # acknowledged save, the next one in that order was in flight.
         order = _save_order(max(v or 0 for v in known.values()))
         for line in out.splitlines():
-            word, name, v = line.split()
-            assert word == "saved" and next(order) == (name, int(v)), line
+            parts = line.split()
+            assert len(parts) == 3 and parts[0] == "saved", (line, out[-500:], err)
+            name, v = parts[1], parts[2]
+            assert next(order) == (name, int(v)), line
             known[name] = int(v)
             saves += 1
         in_flight = next(order)
