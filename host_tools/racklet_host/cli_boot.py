@@ -24,7 +24,7 @@ from .errors import BmcError, Conflict
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "racklet", "boot")
 ON_BMC_MAX = 64 * 1024  # files up to this size go to the BMC's flash by default
-CHUNK = 512  # raw bytes per upload request (the BMC takes up to 1024)
+CHUNK = 256  # raw bytes per upload request (the BMC takes up to 1024; see docs/boot.md)
 
 
 def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) -> None:
