@@ -267,3 +267,33 @@ def test_sim_main_rejects_bad_arguments_on_stderr(tmp_path: pathlib.Path) -> Non
         )
         assert out.returncode == 2 and msg in out.stderr, (args, out.stderr)
         assert out.stdout == ""  # stdout is the USB link: nothing strays onto it
+
+
+def _sample(metrics: str, family: str, sensor: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(f'{family}{{sensor="{sensor}"}} '):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {family} for {sensor} in:\n{metrics}")
+
+
+@pytest.mark.parametrize(
+    ("board", "sensor"), [("pico-rpi4", "sbc_current"), ("pico-cm4", "ina219")]
+)
+def test_sbc_current_follows_power_through_adc_or_i2c(
+    tmp_path: pathlib.Path, board: str, sensor: str
+) -> None:
+    from racklet_host.client import BmcClient
+    from racklet_sim.sbc import CURRENT_RUNNING_A
+
+    with Rack(boards=1, board=fast_board(tmp_path, board)) as rack:
+        with BmcClient.open(rack.port(1)) as c:
+            assert _sample(c.metrics(), "sbc_current_amperes", sensor) == pytest.approx(0, abs=0.01)
+        key = provision(rack, tmp_path)
+        power_on(rack, key)
+        with BmcClient.open(rack.port(1)) as c:
+            m = c.metrics()
+        assert _sample(m, "sbc_current_amperes", sensor) == pytest.approx(
+            CURRENT_RUNNING_A, rel=0.02
+        )
+        if sensor == "ina219":
+            assert _sample(m, "sbc_voltage_volts", sensor) == pytest.approx(5.0, rel=0.01)

@@ -45,6 +45,8 @@ CURRENT_HALTED_A = 0.25
 CURRENT_RESET_A = 0.2
 HISTORY_MAX = 2000
 CONSOLE_MAX = 65536
+INA219_CONFIG, INA219_SHUNT, INA219_BUS = 0, 1, 2
+INA219_CONFIG_RESET = 0x399F
 WIRES_CHUNK = 256  # UART bytes per wires line (the firmware's line buffer is 1 KiB)
 
 BOOT_LOG = (
@@ -131,6 +133,7 @@ class VirtualSbc:
         self.console_out = bytearray()
         self.console_in = bytearray()
         self.connected = False
+        self.ina219_config = INA219_CONFIG_RESET
         self._sent_adc: Dict[int, int] = {}
         self._sent_levels: Dict[int, str] = {}
         self._pressed = False
@@ -170,6 +173,8 @@ class VirtualSbc:
                     self._evaluate()
             elif op == "T" and len(parts) == 3:
                 self._console_input(bytes.fromhex(parts[2]))
+            elif op == "I":
+                self._send(f"J {self._i2c(parts[1:])}\n")
             elif op == "H":
                 pass
         except ValueError:
@@ -347,6 +352,55 @@ class VirtualSbc:
         if self.os == "running":  # the login prompt's tty echoes
             self._console_write(data.replace(b"\r", b"\r\n"))
 
+    # -- I2C: the INA219 the board file declares ------------------------------------
+    def _i2c(self, req: List[str]) -> str:
+        """Answer `bus addr reg r n` or `bus addr reg w hex`: hex data, "" (written), "-"."""
+        ina = self.defn.get("ina219")
+        if len(req) != 5 or req[3] not in ("r", "w") or not all(x.isdigit() for x in req[:3]):
+            return "-"
+        bus, addr, reg = int(req[0]), int(req[1]), int(req[2])
+        if ina is None or bus != ina["bus"] or addr != ina["address"]:
+            return "-"  # nobody acknowledges
+        if req[3] == "w":
+            try:
+                data = bytes.fromhex(req[4])
+            except ValueError:
+                return "-"
+            if reg == INA219_CONFIG and len(data) == 2:
+                self.ina219_config = int.from_bytes(data, "big")
+                if self.ina219_config & 0x8000:  # RST bit: back to the power-on value
+                    self.ina219_config = INA219_CONFIG_RESET
+            return ""
+        if not req[4].isdigit():
+            return "-"
+        n = int(req[4])
+        value = self._ina219_register(reg, ina)
+        return value.to_bytes(2, "big").hex()[: 2 * n] if value is not None else "-"
+
+    def _ina219_register(self, reg: int, ina: Dict[str, Any]) -> Optional[int]:
+        if reg == INA219_CONFIG:
+            return self.ina219_config
+        amps = self.current_amps()
+        if reg == INA219_SHUNT:  # signed, 10 uV per LSB
+            return int(round(amps * ina["shunt_ohms"] / 1e-5)) & 0xFFFF
+        if reg == INA219_BUS:  # bits 15..3, 4 mV per LSB; CNVR (bit 1) set
+            volts = self.rail_volts()
+            return ((int(round(volts / 0.004)) & 0x1FFF) << 3) | 0x2
+        if reg in (3, 4, 5):
+            return 0  # power, current, calibration: 0 until calibrated
+        return None
+
+    def current_amps(self) -> float:
+        return {
+            "running": CURRENT_RUNNING_A,
+            "halting": CURRENT_RUNNING_A,
+            "halted": CURRENT_HALTED_A,
+            "reset": CURRENT_RESET_A,
+        }.get(self.os, 0.0)
+
+    def rail_volts(self) -> float:
+        return RAIL_V if self.rails and self.rails[0].powered else 0.0
+
     # -- what the SBC drives ------------------------------------------------------
     def _pgood_level(self, rail: Rail) -> str:
         return str(int(rail.pgood == rail.pgood_sig["active_high"]))
@@ -363,16 +417,11 @@ class VirtualSbc:
         out: Dict[int, float] = {}
         for name, a in self.defn["adc"].items():
             if a["kind"] == "current":
-                value = {
-                    "running": CURRENT_RUNNING_A,
-                    "halting": CURRENT_RUNNING_A,
-                    "halted": CURRENT_HALTED_A,
-                    "reset": CURRENT_RESET_A,
-                }.get(self.os, 0.0)
+                value = self.current_amps()
             elif name == "vsys":
                 value = VSYS_V
             else:
-                value = RAIL_V if self.rails and self.rails[0].powered else 0.0
+                value = self.rail_volts()
             out[a["channel"]] = (value - a["offset"]) / a["scale"] if a["scale"] else 0.0
         out[4] = 0.706 - (DIE_TEMP_C - 27.0) * 0.001721
         return out

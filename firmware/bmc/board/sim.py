@@ -14,6 +14,7 @@
   "soft") on a fresh PTY, as a rebooting RP2040 drops off USB and enumerates again.
 """
 
+import binascii
 import select
 import socket
 import struct
@@ -31,6 +32,7 @@ _SYNC_TIMEOUT_MS = const(5000)
 _FEED_EVERY_MS = const(200)
 _UART_RXBUF = const(1024)  # as rp2.Board asks of machine.UART
 _WIRES_BUF = const(1024)
+_I2C_TIMEOUT_MS = const(100)
 _NPINS = const(30)
 _Z = const(2)
 # The unix port has AF_UNIX; the RP2040 stubs the firmware is type-checked against do not.
@@ -145,16 +147,20 @@ class _Uart:
 
 
 class _I2C:
-    """An I2C bus: the simulated wires carry no I2C, so no device answers (EIO, as a NACK)."""
+    """An I2C bus over the wires: each transfer is a request the SBC side answers.
+
+    A device that is not there does not acknowledge (OSError EIO, as on the RP2040).
+    """
+
+    def __init__(self, board, bus):
+        self._board = board
+        self._bus = bus
 
     def readfrom_mem(self, addr, reg, n, addrsize=8):
-        raise OSError(5)
+        return self._board._i2c("%d %d %d r %d" % (self._bus, addr, reg, n))
 
     def writeto_mem(self, addr, reg, buf, addrsize=8):
-        raise OSError(5)
-
-    def scan(self):
-        return []
+        self._board._i2c("%d %d %d w %s" % (self._bus, addr, reg, _hex(buf)))
 
 
 class _Link:
@@ -197,14 +203,10 @@ class _Link:
 
 
 def _hex(data):
-    import binascii
-
     return binascii.hexlify(data).decode()
 
 
 def _unhex(text):
-    import binascii
-
     return binascii.unhexlify(text)
 
 
@@ -229,6 +231,7 @@ class Board:
         self._rmv = memoryview(self._rbuf)
         self._rn = 0
         self._synced = False
+        self._i2c_reply = None
         self._wdt_ms = 0
         self._last_feed = 0
         self._chip = None
@@ -335,6 +338,8 @@ class Board:
                 self._bootsel = parts[1] == b"1"
             elif op == b"S":
                 self._synced = True
+            elif op == b"J":
+                self._i2c_reply = parts[1] if len(parts) > 1 else b""
             else:
                 log("unknown wires message %r" % line[:40])
         except (IndexError, ValueError) as e:
@@ -360,7 +365,24 @@ class Board:
         return u
 
     def i2c(self, bus, sda, scl, freq):
-        return _I2C()
+        return _I2C(self, bus)
+
+    def _i2c(self, request):
+        """One I2C transfer: send it, wait for the SBC's answer (other wires lines go on)."""
+        self._i2c_reply = None
+        self._send("I " + request + "\n")
+        deadline = ticks_add(ticks_ms(), _I2C_TIMEOUT_MS)
+        while self._i2c_reply is None:
+            left = ticks_diff(deadline, ticks_ms())
+            if left <= 0:
+                raise OSError(110)  # ETIMEDOUT, as a stuck bus
+            if self._wires_poll.poll(left):
+                self._read_wires()
+        reply = self._i2c_reply
+        self._i2c_reply = None
+        if reply == b"-":
+            raise OSError(5)  # EIO: no acknowledge
+        return _unhex(reply)
 
     def wait(self, timeout_ms):
         if timeout_ms < 0:
