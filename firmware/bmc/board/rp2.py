@@ -8,7 +8,6 @@ stays beside the firmware's interface. `Board().link` is that CDC interface.
 
 import binascii
 import select
-import time
 
 import machine
 import rp2
@@ -16,7 +15,7 @@ import rp2
 from bmc import usbid
 from bmc.board import LINK_WRITE_TIMEOUT_MS, clamp_wdt
 from bmc.clock import Clock
-from bmc.compat import const
+from bmc.compat import const, ticks_diff, ticks_ms
 
 # RP2040 watchdog scratch register 0: survives a watchdog reset, cleared at power-on.
 # `reboot()` leaves a mark there so the next boot can tell a requested reset
@@ -90,10 +89,10 @@ class _Link:
             return n
         mv = memoryview(buf)
         done = k or 0
-        start = time.ticks_ms()
+        start = ticks_ms()
         while done < n:
-            if not cdc.is_open() or time.ticks_diff(time.ticks_ms(), start) > LINK_WRITE_TIMEOUT_MS:
-                break  # nobody reads: drop the rest, as USB does
+            if not cdc.is_open() or ticks_diff(ticks_ms(), start) > LINK_WRITE_TIMEOUT_MS:
+                break  # nobody reads: give up with a short count
             machine.idle()
             k = cdc.write(mv[done:])
             if k:

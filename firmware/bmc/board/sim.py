@@ -188,7 +188,7 @@ class _Link:
         while done < n:
             left = ticks_diff(deadline, ticks_ms())
             if left <= 0:
-                break  # the host does not read: drop the rest, as USB does
+                break  # the host does not read: give up with a short count
             for _ in self._wpoll.ipoll(left):
                 pass
             done += self._write(mv[done:])
