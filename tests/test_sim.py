@@ -297,3 +297,23 @@ def test_sbc_current_follows_power_through_adc_or_i2c(
         )
         if sensor == "ina219":
             assert _sample(m, "sbc_voltage_volts", sensor) == pytest.approx(5.0, rel=0.01)
+
+
+def test_bad_rack_arguments_are_clear_errors(tmp_path: pathlib.Path) -> None:
+    from racklet_sim.rack import SimError
+
+    with pytest.raises(SimError, match="unknown board 'pico-nothing'"):
+        with Rack(boards=1, board="pico-nothing", rack_dir=tmp_path / "r1"):
+            pass
+    for args, msg in (
+        (["--boards", "0"], "--boards must be 1..64"),
+        (["--board", str(tmp_path / "missing.json")], "unknown board"),
+    ):
+        out = subprocess.run(
+            [str(BIN / "bmc-sim"), "--rack", str(tmp_path / "r2"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 1 and msg in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr

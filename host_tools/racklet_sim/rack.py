@@ -243,7 +243,10 @@ class Bmc:
             self.sim.log(f"slot{self.slot}: firmware exited with {code} (see {self.log})")
         await asyncio.sleep(CRASH_RESTART_DELAY_S if crashed else RESTART_DELAY_S)
         if not self.sim.stopping and self.wanted and not self.running():
-            await self.start()
+            try:
+                await self.start()
+            except (OSError, SimError) as e:
+                self.sim.log(f"slot{self.slot}: cannot start the firmware again: {e}")
 
     def _unplug(self) -> None:
         """The device vanishes: the link goes, the PTY closes."""
@@ -534,12 +537,14 @@ class Rack:
         if self.dir is None:
             self._tmp = tempfile.mkdtemp(prefix="rack-", dir="/tmp")
             self.dir = pathlib.Path(self._tmp)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "racklet_sim.rack", "--rack", str(self.dir)]
-            + ["--boards", str(self.boards), "--board", self.board],
-            stdin=subprocess.DEVNULL,
-            stderr=open(self.dir / "bmc-sim.log", "ab"),  # noqa: SIM115
-        )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "bmc-sim.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "racklet_sim.rack", "--rack", str(self.dir)]
+                + ["--boards", str(self.boards), "--board", self.board],
+                stdin=subprocess.DEVNULL,
+                stderr=log,
+            )
         try:
             for slot in range(1, self.boards + 1):
                 self.wait_ready(slot, self.ready_timeout)
