@@ -74,7 +74,8 @@ def _copy(src, dest):
     os.rename(tmp, dest)
 
 
-def main(argv):
+def setup(argv):
+    """Mount the flash, put the board file in place, connect the wires: the Board."""
     try:
         opts = parse_args(argv)
     except ValueError as e:
@@ -91,7 +92,7 @@ def main(argv):
     if board_file and not _exists("/flash/board.json"):
         _copy(board_file, "/flash/board.json")
     uid = opts.get("uid")
-    board = sim.Board(
+    return sim.Board(
         None,
         opts["wires"],
         slot=opts["slot"],
@@ -99,13 +100,24 @@ def main(argv):
         uid=binascii.unhexlify(uid) if uid else None,
         chip_fd=opts.get("chip-fd"),
     )
+
+
+def run(argv):
+    board = setup(argv)
+    # What only start-up needed goes, so the firmware gets the heap an RP2040 would give it.
+    g = globals()
+    for name in ("parse_args", "setup", "_exists", "_copy", "_OPTIONS", "_REQUIRED", "_CAUSES"):
+        g.pop(name, None)
+    import gc
+
+    gc.collect()
     import bmc.app
 
     bmc.app.main(board)
 
 
 try:
-    main(sys.argv[1:])
+    run(sys.argv[1:])
 except SystemExit:
     raise
 except BaseException as e:  # noqa: BLE001 - report on stderr, never on the link
