@@ -317,3 +317,16 @@ def test_bad_rack_arguments_are_clear_errors(tmp_path: pathlib.Path) -> None:
         )
         assert out.returncode == 1 and msg in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_a_second_bmc_sim_on_the_same_rack_is_refused(tmp_path: pathlib.Path) -> None:
+    with Rack(boards=1, board=fast_board(tmp_path)) as rack:
+        out = subprocess.run(
+            [str(BIN / "bmc-sim"), "--rack", str(rack.path), "--boards", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 1 and "another bmc-sim" in out.stderr, out.stderr
+        assert os.path.exists(rack.port(1))  # the running rack is untouched
+        assert status(rack)["state"] == "Off"

@@ -342,6 +342,12 @@ class Simulator:
         from racklet_host import fwbuild
 
         self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            control(self.dir, {"cmd": "status"}, timeout=2)
+        except SimError:
+            pass  # nobody serves this rack: ours
+        else:
+            raise SimError(f"another bmc-sim is running rack {self.dir}")
         longest = str(self.wires_path(len(self.board_files)).resolve())
         if len(longest.encode()) > SUN_PATH_MAX:
             raise SimError(f"rack directory path too long for Unix sockets: {self.dir}")
