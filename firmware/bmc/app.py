@@ -35,6 +35,7 @@ COMMAND_MODULES = (cmd_core, cmd_keys, cmd_metrics, cmd_inventory, cmd_boot)
 
 WDT_MS = const(5000)
 _MAX_WAIT_MS = const(100)
+_GC_EVERY = const(12288)
 _FAILING_LOOPS = const(3)  # loops in a row that raise before the watchdog is starved
 BOARD_FILE = "/board.json"
 
@@ -87,6 +88,11 @@ class App:
         for mod in COMMAND_MODULES:
             mod.register(self)
         gc.collect()
+        # Collect after every few KB allocated, not only when the heap is full:
+        # garbage left lying between live objects fragments a small heap until
+        # a 1 KB reply no longer fits anywhere.
+        if hasattr(gc, "threshold"):
+            gc.threshold(_GC_EVERY)
 
     # -- used by command modules -----------------------------------------
     def board_name(self):

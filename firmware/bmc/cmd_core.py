@@ -66,7 +66,7 @@ def register(app):
         used = 0
         sent = 0
         nxt = since
-        for entry in app.events.entries(since):
+        for entry in app.events.entries(since - 1):  # entries(n) gives seq > n
             line = (json.dumps(entry) + "\n").encode()
             if used + len(line) > len(view):
                 req.chunk_prepared(used)

@@ -4,35 +4,46 @@ The text is rendered straight into the frame writer's payload buffer and each
 full buffer goes out as one chunk frame: no copy of the whole exposition is
 ever held (see `bmc.metrics`). The response says how much was sent.
 
-`bmc.metrics` and `bmc.sensors` are imported on the first request, not at
-start: a BMC that is never scraped keeps that RAM for everything else, and a
-heap too full to load them answers `internal: out of memory` instead of
-failing to start.
+`bmc.metrics` and `bmc.sensors` are imported for each request and dropped
+after it (`bmc.ondemand`): a scrape every few seconds costs a module load
+from flash, while the heap they would hold stays free for everything else.
+What must outlive a render (its statistics, sensor error counts) is kept in
+`app.metrics_state`.
 """
 
 import gc
 
+from bmc import ondemand
 from bmc.dispatch import PUBLIC
+
+_KEPT = ("renders", "last_peak", "last_alloc", "last_bytes", "last_chunks")
 
 
 def register(app):
-    app.metrics = None
-    app.sensors = None
-
-    def renderer():
-        if app.metrics is None:
-            from bmc import metrics, sensors
-
-            gc.collect()
-            app.sensors = sensors.Sensors(app.board, app.defn or {})
-            app.metrics = metrics.Renderer(app, app.sensors)
-        return app.metrics
+    state = {"sensor_errors": {}}
+    app.metrics_state = state
 
     def handle(req):
-        r = renderer()
-        gc.collect()  # the heap figures and the render's high-water mark start from live data
-        out = r.new_out(req.chunk_view(), req.chunk_prepared)
-        n = r.render(out)
-        return {"bytes": n, "chunks": out.chunks}
+        metrics = ondemand.load("metrics")
+        sensors = ondemand.load("sensors")
+        try:
+            sens = sensors.Sensors(app.board, app.defn or {})
+            errs = state["sensor_errors"]
+            for k in sens.errors:
+                errs[k] = errs.get(k, 0) + sens.errors[k]
+            sens.errors = errs
+            r = metrics.Renderer(app, sens)
+            for k in _KEPT:
+                if k in state:
+                    setattr(r, k, state[k])
+            gc.collect()  # the heap figures and the render's high-water mark start from live data
+            out = r.new_out(req.chunk_view(), req.chunk_prepared)
+            n = r.render(out)
+            for k in _KEPT:
+                state[k] = getattr(r, k)
+            return {"bytes": n, "chunks": out.chunks}
+        finally:
+            ondemand.drop("metrics")
+            ondemand.drop("sensors")
 
     app.dispatch.register("metrics", PUBLIC, handle)

@@ -16,6 +16,7 @@ than one maximum frame: a peer cannot make it allocate.
 """
 
 import binascii
+import io
 import json
 import struct
 
@@ -154,6 +155,29 @@ class FrameReader:
         return None
 
 
+class PayloadFull(ValueError):
+    """A message does not fit in one frame."""
+
+
+class _Sink(io.IOBase):
+    """json.dump target that fills a frame's payload in place: no large allocation."""
+
+    def __init__(self, view):
+        self.view = view
+        self.n = 0
+
+    def write(self, data):
+        if isinstance(data, str):  # CPython's json writes str pieces
+            data = data.encode()
+        k = len(data)
+        n = self.n
+        if n + k > len(self.view):
+            raise PayloadFull("message larger than one frame")
+        self.view[n : n + k] = data
+        self.n = n + k
+        return k
+
+
 class LinkStalled(Exception):
     """The host stopped reading: the response (or stream) was cut short."""
 
@@ -168,6 +192,7 @@ class FrameWriter:
         self.max_payload = max_payload
         self.frames = 0
         self.stalled = 0
+        self._sink = _Sink(self.mv[HEADER : HEADER + max_payload])
 
     def payload_view(self):
         """Where a caller may `readinto` a chunk before `send_prepared`."""
@@ -184,6 +209,13 @@ class FrameWriter:
         struct.pack_into("<I", buf, HEADER + length, crc)
         self._write_all(self.mv[: HEADER + length + TRAILER])
         self.frames += 1
+
+    def send_json(self, kind, req_id, obj):
+        """Encode `obj` straight into the frame buffer and send it (PayloadFull if too big)."""
+        sink = self._sink
+        sink.n = 0
+        json.dump(obj, sink)
+        self.send_prepared(kind, req_id, sink.n)
 
     def send(self, kind, req_id, payload):
         n = len(payload)
@@ -219,7 +251,10 @@ def dumps(obj):
 def loads(payload):
     """Parse a JSON message; ValueError on anything that is not a JSON object."""
     try:
-        obj = json.loads(bytes(payload))
+        try:
+            obj = json.loads(payload)  # MicroPython parses a memoryview in place
+        except TypeError:  # CPython wants bytes
+            obj = json.loads(bytes(payload))
     except MemoryError:
         raise
     except Exception:  # MicroPython raises ValueError, CPython also UnicodeDecodeError

@@ -6,6 +6,8 @@ streaming command sends chunks with `req.chunk(data)` (or fills
 `req.chunk_view()` and calls `req.chunk_prepared(n)`) before returning.
 """
 
+import gc
+
 from bmc import codec, errors
 from bmc.compat import const
 
@@ -76,12 +78,14 @@ class Dispatcher:
             r[label] = r.get(label, 0) + 1
 
     def _reply(self, rid, obj):
-        data = codec.dumps(obj)
-        if len(data) > codec.MAX_PAYLOAD:
-            data = codec.dumps(
-                {"ok": False, "error": errors.INTERNAL, "message": "response too large"}
+        try:
+            self.writer.send_json(codec.KIND_RESPONSE, rid, obj)
+        except codec.PayloadFull:
+            self.writer.send_json(
+                codec.KIND_RESPONSE,
+                rid,
+                {"ok": False, "error": errors.INTERNAL, "message": "response too large"},
             )
-        self.writer.send(codec.KIND_RESPONSE, rid, data)
 
     def _handle(self, frame):
         kind, version, rid, payload = frame
@@ -96,7 +100,11 @@ class Dispatcher:
                     % (version, codec.PROTO_VERSION),
                 )
             try:
-                msg = codec.loads(payload)
+                try:
+                    msg = codec.loads(payload)
+                except MemoryError:
+                    gc.collect()  # garbage may be all that stands in the way; parsing is pure
+                    msg = codec.loads(payload)
             except ValueError as e:
                 raise errors.CmdError(errors.BAD_REQUEST, str(e))
             cmd = msg.get("cmd")
@@ -118,6 +126,7 @@ class Dispatcher:
                 out["data"] = e.data
             self._reply(rid, out)
         except MemoryError:
+            gc.collect()
             self._count(errors.INTERNAL)
             self._reply(rid, {"ok": False, "error": errors.INTERNAL, "message": "out of memory"})
         except codec.LinkStalled:
