@@ -73,11 +73,19 @@ def ctl(rack: Rack, capsys: pytest.CaptureFixture[str]) -> Ctl:
 
 
 def provision(rack: Rack, slot: int, path: Path) -> Key:
-    rack.bootsel(slot, seconds=2)
+    rack.bootsel(slot, seconds=3)
+    key = load_key(str(path)) if path.exists() else write_new_key(str(path))
     with BmcClient.open(rack.port(slot)) as c:
-        key = load_key(str(path)) if path.exists() else write_new_key(str(path))
-        c.keys_provision("admin", key)
-    return key
+        # the simulated button reaches the firmware over its wires a moment later
+        deadline = time.monotonic() + 2
+        while True:
+            try:
+                c.keys_provision("admin", key)
+                return key
+            except errors.PresenceRequired:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
