@@ -13,6 +13,8 @@ import json
 import os
 import random
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -638,3 +640,46 @@ def test_maintenance_needs_admin_and_reboots(ctl: Ctl, rack: Rack, keydir: Path)
     code, rows = ctl.json("maintenance", "4", key=kf)
     assert code == 0 and rows[0]["data"]["rebooting"] is True
     rack.wait_restarted(4, starts)
+
+
+# -- the installed command ----------------------------------------------------------
+
+
+BMCCTL = str(Path(sys.executable).parent / "bmcctl")
+
+
+def test_bmcctl_command_exit_codes_and_no_traceback(rack: Rack, tmp_path: Path) -> None:
+    env = {**os.environ, "BMC_RACK": str(rack.path)}
+    env.pop("BMC_KEY_FILE", None)
+    p = subprocess.run([BMCCTL, "--json", "status", "1"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and json.loads(p.stdout)[0]["data"]["serial"]
+    p = subprocess.run([BMCCTL, "status", "slot42"], capture_output=True, text=True, env=env)
+    assert p.returncode == 3 and p.stderr.startswith("bmcctl: ") and "Traceback" not in p.stderr
+    p = subprocess.run(
+        [BMCCTL, "--rack", str(tmp_path), "list"], capture_output=True, text=True, env=env
+    )
+    assert p.returncode == 3 and "no BMC" in p.stderr
+    p = subprocess.run([BMCCTL, "--help"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and "exit codes" in p.stdout
+
+
+def test_disruptive_action_on_several_targets_asks_on_a_terminal(rack: Rack, keydir: Path) -> None:
+    kf = keydir / "s4-admin"
+    if not kf.exists():
+        pytest.skip("needs slot 4's key")
+    master, slave = os.openpty()
+    env = {**os.environ, "BMC_RACK": str(rack.path), "BMC_KEY_FILE": str(kf)}
+    proc = subprocess.Popen(
+        [BMCCTL, "power", "ForceOff", "2", "4"],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(slave)
+    os.write(master, b"n\n")
+    out, err = proc.communicate(timeout=30)
+    os.close(master)
+    assert proc.returncode == errors.EXIT_USAGE
+    assert b"2 BMCs" in err and b"cancelled" in err
+    assert b"slot" not in out  # nothing was done
