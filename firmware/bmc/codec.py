@@ -155,6 +155,15 @@ class FrameReader:
         return None
 
 
+try:
+    memoryview("")
+    _utf8 = memoryview  # MicroPython: a str lends its UTF-8 bytes without a copy
+except TypeError:  # CPython
+
+    def _utf8(text):  # type: ignore[misc]
+        return text.encode()
+
+
 class PayloadFull(ValueError):
     """A message does not fit in one frame."""
 
@@ -211,7 +220,22 @@ class FrameWriter:
         self.frames += 1
 
     def send_json(self, kind, req_id, obj):
-        """Encode `obj` straight into the frame buffer and send it (PayloadFull if too big)."""
+        """Encode `obj` and send it as one frame (PayloadFull if it does not fit).
+
+        json.dumps runs in C and is ten times faster than feeding a Python sink,
+        so small replies take that path; when the heap has no room for the text
+        the reply is encoded piecewise straight into the frame buffer instead.
+        """
+        try:
+            text = json.dumps(obj)
+        except MemoryError:
+            text = None
+        if text is not None:
+            data = _utf8(text)
+            if len(data) > self.max_payload:
+                raise PayloadFull("message larger than one frame")
+            self.send(kind, req_id, data)
+            return
         sink = self._sink
         sink.n = 0
         json.dump(obj, sink)
