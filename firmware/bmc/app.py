@@ -12,26 +12,21 @@ import sys
 from bmc import (
     VERSION,
     auth,
-    cmd_boot,
-    cmd_core,
-    cmd_inventory,
-    cmd_keys,
-    cmd_metrics,
+    bootfiles,
     config,
     console,
     dispatch,
     errors,
     events,
     indicators,
+    inventory,
     lines,
-    maintenance,
+    ondemand,
     persist,
     power,
     store,
 )
 from bmc.compat import const
-
-COMMAND_MODULES = (cmd_core, cmd_keys, cmd_metrics, cmd_inventory, cmd_boot)
 
 WDT_MS = const(5000)
 _MAX_WAIT_MS = const(100)
@@ -84,9 +79,18 @@ class App:
             self.lines.identify_led if self.lines else None,
         )
         self.auth = auth.Auth(self.store, self.clock, self.serial, self.events, board.bootsel)
-        self.dispatch = dispatch.Dispatcher(board.link, self.auth, self.clock)
-        for mod in COMMAND_MODULES:
-            mod.register(self)
+        self.inventory = inventory.Inventory(self.store, self.events)
+        self.reset_hooks.append(self.inventory.forget)
+        bf = bootfiles.BootFiles(self.store, self.events, self.clock, self.inventory)
+        self.bootfiles = bf
+        bf.power = self.power
+        bf.power_action = self.usb_boot_cycle
+        if self.lines is not None:
+            bf.mux = getattr(self.lines, "usb_mux", None)
+        self.reset_hooks.append(bf.forget)
+        self.tick_hooks.append(bf.tick)
+        self.dispatch = dispatch.Dispatcher(board.link, self.auth, self.clock, self)
+        ondemand.call("commands", "register", self)  # the command table (bmc.commands)
         gc.collect()
         # Collect after every few KB allocated, not only when the heap is full:
         # garbage left lying between live objects fragments a small heap until
@@ -115,6 +119,11 @@ class App:
         except power.NotAllowed as e:
             raise errors.CmdError(errors.NOT_ALLOWED, str(e), {"state": pc.state})
 
+    def usb_boot_cycle(self):
+        """Power the SBC on (or cycle it) for a USB boot (bmc.bootfiles)."""
+        st = self.require_power().state
+        self.power_action("On" if st == "Off" else "PowerCycle", "usb_boot")
+
     def status(self):
         st = self.power.status() if self.power else {"state": "Unknown"}
         a = self.auth
@@ -142,7 +151,7 @@ class App:
         self.events.add("bmc", "factory_reset", "")
 
     def request_maintenance(self):
-        maintenance.request(self.board.root)
+        ondemand.call("maintenance", "request", self.board.root)
         self.events.add("bmc", "maintenance_requested", "REPL on next boot")
         self.reboot_pending = True
 

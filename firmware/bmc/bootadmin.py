@@ -20,8 +20,10 @@ from bmc.bootfiles import (
     _hex,
     check_name,
 )
+from bmc.compat import const
 
 _HEX = "0123456789abcdef"
+_HASH_BUF = const(512)
 
 
 def check_sha(sha, what="sha256"):
@@ -150,7 +152,7 @@ def put(bf, sha, size, offset, data, chunk_sha):
 
 def file_sha(bf, path):
     h = hashlib.sha256()
-    buf = bf._hbuf
+    buf = bytearray(_HASH_BUF)
     mv = memoryview(buf)
     with open(path, "rb") as fh:
         while True:

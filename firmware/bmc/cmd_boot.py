@@ -1,4 +1,4 @@
-"""Boot manifest, boot files and USB boot commands: see bmc.bootfiles.
+"""Boot manifest, boot files and USB boot commands, loaded per request: see bmc.bootfiles.
 
 | command | role | args |
 | boot-manifest-get | public | |
@@ -11,83 +11,71 @@
 """
 
 from bmc import bootfiles, errors
-from bmc.dispatch import ADMIN, OPERATOR, PUBLIC, arg
+from bmc.dispatch import arg
 
 _DETAIL_MAX = 80
 
 
-def register(app):
-    bf = bootfiles.BootFiles(app.store, app.events, app.clock, app.inventory)
-    app.bootfiles = bf
-    lines = app.lines
-    if lines is not None:
-        bf.mux = getattr(lines, "usb_mux", None)
-    bf.power = app.power
+def manifest_get(app, req):
+    bf = app.bootfiles
+    return bf.manifest()
 
-    def cycle():
-        st = app.require_power().state
-        app.power_action("On" if st == "Off" else "PowerCycle", "usb_boot")
 
-    bf.power_action = cycle
+def manifest_set(app, req):
+    bf = app.bootfiles
+    return bf.set_manifest(
+        arg(req.args, "files", list, required=True), arg(req.args, "expect", int)
+    )
 
-    def manifest_get(req):
-        return bf.manifest()
 
-    def manifest_set(req):
-        return bf.set_manifest(
-            arg(req.args, "files", list, required=True), arg(req.args, "expect", int)
+def file_put(app, req):
+    bf = app.bootfiles
+    a = req.args
+    return bf.put(
+        arg(a, "sha256", str, required=True),
+        arg(a, "size", int, required=True),
+        arg(a, "offset", int, required=True),
+        arg(a, "data", str, required=True),
+        arg(a, "chunk_sha256", str, required=True),
+    )
+
+
+def file_read(app, req):
+    bf = app.bootfiles
+    a = req.args
+    return bf.stream(
+        arg(a, "name", str, required=True), arg(a, "gen", int), arg(a, "sha256", str), req
+    )
+
+
+def usb(app, req):
+    bf = app.bootfiles
+    ms = arg(req.args, "timeout_ms", int, bootfiles.TIMEOUT_DEFAULT_MS)
+    if ms < 1000 or ms > bootfiles.TIMEOUT_MAX_MS:
+        raise errors.CmdError(
+            errors.INVALID, "timeout_ms must be 1000..%d" % bootfiles.TIMEOUT_MAX_MS
         )
+    return bf.usb_start(ms)
 
-    def file_put(req):
-        a = req.args
-        return bf.put(
-            arg(a, "sha256", str, required=True),
-            arg(a, "size", int, required=True),
-            arg(a, "offset", int, required=True),
-            arg(a, "data", str, required=True),
-            arg(a, "chunk_sha256", str, required=True),
+
+def report(app, req):
+    bf = app.bootfiles
+    a = req.args
+    event = arg(a, "event", str, required=True)
+    if event not in bootfiles.REPORT_EVENTS:
+        raise errors.CmdError(
+            errors.INVALID, "event must be one of: " + ", ".join(bootfiles.REPORT_EVENTS)
         )
+    name = arg(a, "name", str, "")
+    return bf.report(
+        event,
+        name[: bootfiles.NAME_MAX + 8],
+        arg(a, "sha256", str),
+        arg(a, "gen", int),
+        arg(a, "detail", str, "")[:_DETAIL_MAX],
+    )
 
-    def file_read(req):
-        a = req.args
-        return bf.stream(
-            arg(a, "name", str, required=True), arg(a, "gen", int), arg(a, "sha256", str), req
-        )
 
-    def usb(req):
-        ms = arg(req.args, "timeout_ms", int, bootfiles.TIMEOUT_DEFAULT_MS)
-        if ms < 1000 or ms > bootfiles.TIMEOUT_MAX_MS:
-            raise errors.CmdError(
-                errors.INVALID, "timeout_ms must be 1000..%d" % bootfiles.TIMEOUT_MAX_MS
-            )
-        return bf.usb_start(ms)
-
-    def report(req):
-        a = req.args
-        event = arg(a, "event", str, required=True)
-        if event not in bootfiles.REPORT_EVENTS:
-            raise errors.CmdError(
-                errors.INVALID, "event must be one of: " + ", ".join(bootfiles.REPORT_EVENTS)
-            )
-        name = arg(a, "name", str, "")
-        return bf.report(
-            event,
-            name[: bootfiles.NAME_MAX + 8],
-            arg(a, "sha256", str),
-            arg(a, "gen", int),
-            arg(a, "detail", str, "")[:_DETAIL_MAX],
-        )
-
-    def status(req):
-        return bf.status()
-
-    app.reset_hooks.append(bf.forget)
-    app.tick_hooks.append(bf.tick)
-    d = app.dispatch
-    d.register("boot-manifest-get", PUBLIC, manifest_get)
-    d.register("boot-manifest-set", ADMIN, manifest_set)
-    d.register("boot-file-put", ADMIN, file_put)
-    d.register("boot-file-read", OPERATOR, file_read)
-    d.register("boot-usb", OPERATOR, usb)
-    d.register("boot-report", OPERATOR, report)
-    d.register("boot-status", PUBLIC, status)
+def status(app, req):
+    bf = app.bootfiles
+    return bf.status()

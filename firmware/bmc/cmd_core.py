@@ -1,13 +1,10 @@
-"""Core commands: hello, nonce, status, power, reset, bmc-reboot, identify,
-events, console, config."""
-
-import json
+"""The hot commands, resident: hello, nonce, status, power, reset, bmc-reboot,
+identify. The others are loaded per request (see bmc.commands)."""
 
 from bmc import VERSION, codec, errors
-from bmc.dispatch import ADMIN, OPERATOR, PUBLIC, arg
+from bmc.dispatch import OPERATOR, PUBLIC, arg
 
 MAX_IDENTIFY_S = 3600
-MAX_CONSOLE_WRITE = 256
 
 
 def register(app):
@@ -60,69 +57,6 @@ def register(app):
         app.indicators.identify(seconds * 1000)
         return {"seconds": seconds}
 
-    def events(req):
-        since = arg(req.args, "since", int, 0)
-        view = req.chunk_view()
-        used = 0
-        sent = 0
-        nxt = since
-        for entry in app.events.entries(since - 1):  # entries(n) gives seq > n
-            line = (json.dumps(entry) + "\n").encode()
-            if used + len(line) > len(view):
-                req.chunk_prepared(used)
-                view = req.chunk_view()
-                used = 0
-            view[used : used + len(line)] = line
-            used += len(line)
-            sent += 1
-            nxt = entry["seq"] + 1
-        if used:
-            req.chunk_prepared(used)
-        return {"count": sent, "next": nxt, "dropped": app.events.dropped}
-
-    def console(req):
-        since = arg(req.args, "since", int, -1)
-        con = app.console
-        if since < 0:
-            since = con.start()
-        lost_total = 0
-        first = True
-        while True:
-            n, lost = con.read_into(since, req.chunk_view())
-            if first:
-                lost_total = lost
-                since += lost
-                first = False
-            if not n:
-                break
-            req.chunk_prepared(n)
-            since += n
-        return {"next": since, "lost": lost_total}
-
-    def console_write(req):
-        data = arg(req.args, "data", str, required=True)
-        if len(data) > MAX_CONSOLE_WRITE:
-            raise errors.CmdError(errors.INVALID, "at most %d characters" % MAX_CONSOLE_WRITE)
-        if app.console.uart is None:
-            raise errors.CmdError(errors.NOT_ALLOWED, "this board has no console UART")
-        app.console.write(data.encode())
-        return {"written": len(data)}
-
-    def config_get(req):
-        return app.config.get()
-
-    def config_set(req):
-        key = arg(req.args, "key", str, required=True)
-        if "value" not in req.args:
-            raise errors.CmdError(errors.INVALID, "missing argument: value")
-        try:
-            app.config.set(key, req.args["value"])
-        except ValueError as e:
-            raise errors.CmdError(errors.INVALID, str(e))
-        except OSError as e:
-            raise errors.CmdError(errors.STORAGE, "could not store config: %s" % e)
-        return app.config.get()
-
     d.register("hello", PUBLIC, hello)
     d.register("nonce", PUBLIC, nonce)
     d.register("status", PUBLIC, status)
@@ -130,8 +64,3 @@ def register(app):
     d.register("reset", OPERATOR, reset)
     d.register("bmc-reboot", OPERATOR, bmc_reboot)
     d.register("identify", OPERATOR, identify)
-    d.register("events", OPERATOR, events)
-    d.register("console", OPERATOR, console)
-    d.register("console-write", OPERATOR, console_write)
-    d.register("config-get", OPERATOR, config_get)
-    d.register("config-set", ADMIN, config_set)

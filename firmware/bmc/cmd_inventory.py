@@ -1,29 +1,17 @@
-"""inventory-get (public) and inventory-set (admin): see bmc.inventory."""
+"""inventory-get (public) and inventory-set (admin), loaded per request: see bmc.inventory."""
 
-from bmc import inventory
-from bmc.dispatch import ADMIN, PUBLIC, arg
+from bmc.dispatch import arg
 
 
-def register(app):
-    inv = inventory.Inventory(app.store, app.events)
-    app.inventory = inv
+def get(app, req):
+    return app.inventory.get()
 
-    def get(req):
-        return inv.get()
 
-    def put(req):
-        a = req.args
-        return inv.set(
-            arg(a, "url", str, required=True),
-            arg(a, "keys", list, []),
-            arg(a, "generation", int, required=True),
-            arg(a, "expect", int),
-        )
-
-    def forget():
-        app.store.remove("inventory")
-        inv.rec = {}
-
-    app.reset_hooks.append(forget)
-    app.dispatch.register("inventory-get", PUBLIC, get)
-    app.dispatch.register("inventory-set", ADMIN, put)
+def put(app, req):
+    a = req.args
+    return app.inventory.set(
+        arg(a, "url", str, required=True),
+        arg(a, "keys", list, []),
+        arg(a, "generation", int, required=True),
+        arg(a, "expect", int),
+    )

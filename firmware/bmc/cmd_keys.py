@@ -1,46 +1,40 @@
-"""Key management, factory reset and maintenance mode."""
+"""Key management, factory reset and maintenance mode, loaded per request (bmc.commands)."""
 
 from bmc import errors
-from bmc.dispatch import ADMIN, PUBLIC, arg
+from bmc.dispatch import arg
 
 
-def register(app):
-    d = app.dispatch
-    auth = app.auth
+def provision(app, req):
+    role = arg(req.args, "role", str, "admin")
+    key = arg(req.args, "key", str, required=True)
+    return {"key_id": app.auth.provision(role, key)}
 
-    def provision(req):
-        role = arg(req.args, "role", str, "admin")
-        key = arg(req.args, "key", str, required=True)
-        return {"key_id": auth.provision(role, key)}
 
-    def add(req):
-        role = arg(req.args, "role", str, required=True)
-        key = arg(req.args, "key", str, required=True)
-        return {"key_id": auth.add(role, key)}
+def add(app, req):
+    role = arg(req.args, "role", str, required=True)
+    key = arg(req.args, "key", str, required=True)
+    return {"key_id": app.auth.add(role, key)}
 
-    def revoke(req):
-        kid = arg(req.args, "key_id", str, required=True)
-        auth.revoke(kid)
-        return {"revoked": kid, "keys": auth.list()}
 
-    def listing(req):
-        return {"keys": auth.list()}
+def revoke(app, req):
+    kid = arg(req.args, "key_id", str, required=True)
+    app.auth.revoke(kid)
+    return {"revoked": kid, "keys": app.auth.list()}
 
-    def factory_reset(req):
-        if not app.board.bootsel():
-            raise errors.CmdError(
-                errors.PRESENCE_REQUIRED, "hold BOOTSEL on the BMC for a factory reset"
-            )
-        app.factory_reset()
-        return {"reset": True}
 
-    def maintenance(req):
-        app.request_maintenance()
-        return {"maintenance": "next boot", "rebooting": True}
+def listing(app, req):
+    return {"keys": app.auth.list()}
 
-    d.register("keys-provision", PUBLIC, provision)
-    d.register("keys-add", ADMIN, add)
-    d.register("keys-revoke", ADMIN, revoke)
-    d.register("keys-list", ADMIN, listing)
-    d.register("factory-reset", PUBLIC, factory_reset)
-    d.register("maintenance", ADMIN, maintenance)
+
+def factory_reset(app, req):
+    if not app.board.bootsel():
+        raise errors.CmdError(
+            errors.PRESENCE_REQUIRED, "hold BOOTSEL on the BMC for a factory reset"
+        )
+    app.factory_reset()
+    return {"reset": True}
+
+
+def maintenance(app, req):
+    app.request_maintenance()
+    return {"maintenance": "next boot", "rebooting": True}

@@ -16,8 +16,8 @@ defaults and logs a "store" event. A stored override that no longer validates
 against the board (e.g. a rail renamed) is dropped with a "config" event.
 """
 
-from bmc.boardfile import PGOOD_TIMEOUT_RANGE, RESTORE_POLICIES, TIMING
 from bmc.store import Store
+from bmc.timing import PGOOD_TIMEOUT_RANGE, RESTORE_POLICIES, TIMING
 
 _NAME = "config"
 _PGOOD = "pgood_timeout_ms."

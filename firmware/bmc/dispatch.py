@@ -1,14 +1,17 @@
 """Request dispatch: frames in, one response (after any chunks) out.
 
-Command modules call `Dispatcher.register(name, role, fn)`; `fn(req)`
-returns the response data (a JSON-able dict) or raises `CmdError`. A
-streaming command sends chunks with `req.chunk(data)` (or fills
+Hot commands are registered with `Dispatcher.register(name, role, fn)`;
+`fn(req)` returns the response data (a JSON-able dict) or raises `CmdError`.
+Rarely used ones with `register_lazy(name, role, module, function)`: the
+module-level `bmc.<module>.<function>(app, req)` is imported for the request
+and dropped after it (`bmc.ondemand`), so its code costs RAM only while it
+runs. A streaming command sends chunks with `req.chunk(data)` (or fills
 `req.chunk_view()` and calls `req.chunk_prepared(n)`) before returning.
 """
 
 import gc
 
-from bmc import codec, errors
+from bmc import codec, errors, ondemand
 from bmc.compat import const
 
 PUBLIC = "public"
@@ -41,7 +44,8 @@ class Request:
 
 
 class Dispatcher:
-    def __init__(self, link, auth, clock):
+    def __init__(self, link, auth, clock, app=None):
+        self.app = app  # what lazily registered commands get as their first argument
         self.link = link
         self.auth = auth
         self.clock = clock
@@ -52,6 +56,9 @@ class Dispatcher:
 
     def register(self, name, role, fn):
         self.commands[name] = (role, fn)
+
+    def register_lazy(self, name, role, module, function):
+        self.commands[name] = (role, module, function)
 
     def poll(self):
         """Read what the link has and answer every complete request."""
@@ -114,9 +121,12 @@ class Dispatcher:
             entry = self.commands.get(cmd)
             if entry is None:
                 raise errors.CmdError(errors.UNKNOWN_COMMAND, "unknown command: %s" % cmd[:40])
-            need, fn = entry
-            role, key_id = self.auth.authorize(cmd, args, msg.get("auth"), need)
-            data = fn(Request(self.writer, rid, cmd, args, role, key_id))
+            role, key_id = self.auth.authorize(cmd, args, msg.get("auth"), entry[0])
+            req = Request(self.writer, rid, cmd, args, role, key_id)
+            if len(entry) == 2:
+                data = entry[1](req)
+            else:
+                data = ondemand.call(entry[1], entry[2], self.app, req)
             self._count("ok")
             self._reply(rid, {"ok": True, "data": data if data is not None else {}})
         except errors.CmdError as e:

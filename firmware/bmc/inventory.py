@@ -54,6 +54,11 @@ class Inventory:
             rec = {}
         self.rec = rec
 
+    def forget(self):
+        """Factory reset: no inventory."""
+        self._store.remove(_NAME)
+        self.rec = {}
+
     @property
     def generation(self):
         return self.rec.get("gen", 0)

@@ -209,7 +209,7 @@ class Renderer:
         self._link(out)
         bf = getattr(self.app, "bootfiles", None)  # bmc.bootfiles: USB boot families
         if bf is not None:
-            bf.render_metrics(out)
+            _boot(bf, out)
         self._render_stats(out)
         out.eof()
         self.renders += 1
@@ -419,3 +419,30 @@ class Renderer:
                 self.last_alloc,
                 "bytes",
             )
+
+
+def _boot(bf, out):
+    """The boot files and USB boot families of a `bmc.bootfiles.BootFiles`."""
+    from bmc.bootfiles import STATES
+
+    c = bf.counters
+    out.family("bmc_boot_files_served", "counter", "Boot files vouched for and served")
+    out.sample("bmc_boot_files_served_total", c["files_served"])
+    out.family(
+        "bmc_boot_streamed_bytes", "counter", "Boot file bytes streamed over the link", "bytes"
+    )
+    out.sample("bmc_boot_streamed_bytes_total", c["bytes_streamed"])
+    out.family("bmc_boot_refusals", "counter", "Boot file requests refused, by reason")
+    for k in ("digest_mismatch", "missing", "refused", "conflict"):
+        out.sample("bmc_boot_refusals_total", c[k], "reason", k)
+    out.family("bmc_usb_boots", "counter", "USB boots by outcome")
+    for k, label in (
+        ("boots_started", "started"),
+        ("boots_done", "done"),
+        ("boots_failed", "failed"),
+        ("boots_timed_out", "timeout"),
+    ):
+        out.sample("bmc_usb_boots_total", c[k], "outcome", label)
+    out.family("bmc_usb_boot_state", "stateset", "The USB boot session")
+    for s in STATES:
+        out.sample("bmc_usb_boot_state", s == bf.state, "bmc_usb_boot_state", s)

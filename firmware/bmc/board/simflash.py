@@ -16,6 +16,7 @@ BLOCK_COUNT = 256  # 1 MiB, about the filesystem of a 2 MB Pico
 _IOCTL_BLOCK_COUNT = 4
 _IOCTL_BLOCK_SIZE = 5
 _IOCTL_BLOCK_ERASE = 6
+_ERASED = b"\xff" * 256  # erases write this piece by piece: no block-sized buffer held
 
 
 class FileBlockDevice:
@@ -23,7 +24,6 @@ class FileBlockDevice:
         self.f = f
         self.block_size = block_size
         self.block_count = block_count
-        self._erased = b"\xff" * block_size
 
     def readblocks(self, block, buf, offset=0):
         self.f.seek(block * self.block_size + offset)
@@ -43,10 +43,18 @@ class FileBlockDevice:
         if op == _IOCTL_BLOCK_SIZE:
             return self.block_size
         if op == _IOCTL_BLOCK_ERASE:
-            self.f.seek(arg * self.block_size)
-            self.f.write(self._erased)
+            self._fill(arg * self.block_size, self.block_size)
             return 0
         return None
+
+    def _fill(self, at, n):
+        """Write n erased (0xff) bytes at offset `at`."""
+        f = self.f
+        f.seek(at)
+        k = len(_ERASED)
+        while n > 0:
+            f.write(_ERASED if n >= k else _ERASED[:n])
+            n -= k
 
 
 def open_image(path, block_count=BLOCK_COUNT):
@@ -59,13 +67,7 @@ def open_image(path, block_count=BLOCK_COUNT):
         open(path, "wb").close()
     f = open(path, "r+b")
     if have < size:
-        f.seek(have)
-        pad = b"\xff" * BLOCK_SIZE
-        left = size - have
-        while left > 0:
-            n = min(left, BLOCK_SIZE)
-            f.write(pad[:n])
-            left -= n
+        FileBlockDevice(f)._fill(have, size - have)
     return f, have == 0
 
 

@@ -1,0 +1,77 @@
+"""Operator tools, loaded per request (bmc.commands): events, console,
+console-write, config-get, config-set."""
+
+import json
+
+from bmc import errors
+from bmc.dispatch import arg
+
+MAX_CONSOLE_WRITE = 256
+
+
+def events(app, req):
+    since = arg(req.args, "since", int, 0)
+    view = req.chunk_view()
+    used = 0
+    sent = 0
+    nxt = since
+    for entry in app.events.entries(since - 1):  # entries(n) gives seq > n
+        line = (json.dumps(entry) + "\n").encode()
+        if used + len(line) > len(view):
+            req.chunk_prepared(used)
+            view = req.chunk_view()
+            used = 0
+        view[used : used + len(line)] = line
+        used += len(line)
+        sent += 1
+        nxt = entry["seq"] + 1
+    if used:
+        req.chunk_prepared(used)
+    return {"count": sent, "next": nxt, "dropped": app.events.dropped}
+
+
+def console(app, req):
+    since = arg(req.args, "since", int, -1)
+    con = app.console
+    if since < 0:
+        since = con.start()
+    lost_total = 0
+    first = True
+    while True:
+        n, lost = con.read_into(since, req.chunk_view())
+        if first:
+            lost_total = lost
+            since += lost
+            first = False
+        if not n:
+            break
+        req.chunk_prepared(n)
+        since += n
+    return {"next": since, "lost": lost_total}
+
+
+def console_write(app, req):
+    data = arg(req.args, "data", str, required=True)
+    if len(data) > MAX_CONSOLE_WRITE:
+        raise errors.CmdError(errors.INVALID, "at most %d characters" % MAX_CONSOLE_WRITE)
+    if app.console.uart is None:
+        raise errors.CmdError(errors.NOT_ALLOWED, "this board has no console UART")
+    app.console.write(data.encode())
+    return {"written": len(data)}
+
+
+def config_get(app, req):
+    return app.config.get()
+
+
+def config_set(app, req):
+    key = arg(req.args, "key", str, required=True)
+    if "value" not in req.args:
+        raise errors.CmdError(errors.INVALID, "missing argument: value")
+    try:
+        app.config.set(key, req.args["value"])
+    except ValueError as e:
+        raise errors.CmdError(errors.INVALID, str(e))
+    except OSError as e:
+        raise errors.CmdError(errors.STORAGE, "could not store config: %s" % e)
+    return app.config.get()
