@@ -4,19 +4,15 @@ Bytes carry absolute offsets so a reader can ask for "everything since N"
 and learn how much it missed when the ring wrapped.
 """
 
-from bmc.compat import const
-
-_CHUNK = const(256)
-
 
 class Console:
     def __init__(self, uart, size=4096):
         self.uart = uart
         self.size = size
-        self.ring = bytearray(size)
+        # A board without a console UART holds no ring; UART bytes go straight into it.
+        self.ring = bytearray(size) if uart is not None else None
+        self._ringv = memoryview(self.ring) if uart is not None else None
         self.end = 0  # absolute offset of the next byte to arrive
-        self._rx = bytearray(_CHUNK)
-        self._rxv = memoryview(self._rx)
 
     def poll(self):
         """Move what the UART holds into the ring; returns bytes moved."""
@@ -25,26 +21,12 @@ class Console:
             return 0
         moved = 0
         while uart.any():
-            k = uart.readinto(self._rx)
+            k = uart.readinto(self._ringv[self.end % self.size :])
             if not k:
                 break
-            self._put(self._rxv[:k])
+            self.end += k
             moved += k
         return moved
-
-    def _put(self, data):
-        n = len(data)
-        size = self.size
-        if n >= size:
-            data = data[n - size :]
-            self.end += n - size
-            n = size
-        start = self.end % size
-        first = min(n, size - start)
-        self.ring[start : start + first] = data[:first]
-        if first < n:
-            self.ring[0 : n - first] = data[first:]
-        self.end += n
 
     def start(self):
         """Oldest offset still held."""
@@ -63,9 +45,10 @@ class Console:
         size = self.size
         start = since % size
         first = min(n, size - start)
-        out[:first] = memoryview(self.ring)[start : start + first]
+        ring = self._ringv
+        out[:first] = ring[start : start + first]
         if first < n:
-            out[first:n] = memoryview(self.ring)[0 : n - first]
+            out[first:n] = ring[0 : n - first]
         return n, lost
 
     def write(self, data):
