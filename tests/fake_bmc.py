@@ -1,24 +1,70 @@
-"""A stand-in BMC on a PTY for bridge tests: answers `hello` and `metrics` frames.
+"""Stand-in BMCs on PTYs for bridge tests and benchmarks: they answer `hello` and `metrics`.
 
-    python tests/fake_bmc.py RACK_DIR SLOT SERIAL
+    python tests/fake_bmc.py RACK_DIR SLOT SERIAL [--garbage | --replay FILE]
 
 Links RACK_DIR/slotSLOT to its PTY like `bmc-sim` does, and renders its metrics
 with the firmware's own `bmc.metrics.Out` (a counter of scrapes it answered, its
-serial in `bmc_info`). Stopping it (SIGSTOP) is a hung BMC, killing it an
-unplugged one. The firmware's real output is tested under MicroPython in
-test_metrics_firmware.py and through bmc-sim in test_metrics_sim.py.
+serial in `bmc_info`); `--garbage` sends an exposition with a malformed line
+instead, `--replay FILE` sends FILE's text (a recorded firmware render, with
+`@SERIAL@` replaced by SERIAL). It answers at once: no MicroPython, no render
+cost. Stopping it (SIGSTOP) is a hung BMC, killing it an unplugged one. The
+firmware's real output is tested under MicroPython in test_metrics_firmware.py
+and through bmc-sim in test_metrics_sim.py.
+
+`Fakes` starts and stops such processes (tests/test_bridge.py, bench/metrics.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import select
+import signal
+import subprocess
 import sys
 import time
+from typing import Dict, List, Optional
 
 from bmc import codec
 from bmc.metrics import Out
+
+SERIAL_TOKEN = "@SERIAL@"
+
+
+class Fakes:
+    """Stand-in BMC processes, one per slot, linked into the rack directory `rack`."""
+
+    def __init__(self, rack: pathlib.Path) -> None:
+        self.rack = rack
+        self.procs: Dict[int, subprocess.Popen[str]] = {}
+
+    def start(self, slot: int, *extra: str) -> None:
+        self.start_many([slot], *extra)
+
+    def start_many(self, slots: List[int], *extra: str) -> None:
+        """Start one stand-in per slot (all at once), each ready when this returns."""
+        started = []
+        for slot in slots:
+            p = subprocess.Popen(
+                [sys.executable, __file__, str(self.rack), str(slot), f"SERIAL{slot:02d}", *extra],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.procs[slot] = p
+            started.append(p)
+        for p in started:
+            assert p.stdout is not None
+            line = p.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"stand-in BMC did not start: {line!r}")
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+            p.wait()
 
 
 def render(serial: str, slot: str, scrapes: int, send: Out) -> None:
@@ -33,8 +79,21 @@ def render(serial: str, slot: str, scrapes: int, send: Out) -> None:
     send.eof()
 
 
+def render_garbage(serial: str, send: Out) -> None:
+    send.family("bmc", "info", "Firmware version, board and serial of this BMC")
+    send.write(f'bmc_info{{firmware_version="fake",board="fake",serial="{serial}"}} 1\n')
+    send.family("fake_slot", "gauge", "A sample line the bridge must refuse")
+    send.write("fake_slot{oops} 1\n")
+    send.eof()
+
+
 def main() -> None:
     rack, slot, serial = sys.argv[1], sys.argv[2], sys.argv[3]
+    mode = sys.argv[4] if len(sys.argv) > 4 else ""
+    replay: Optional[bytes] = None
+    if mode == "--replay":
+        with open(sys.argv[5], encoding="utf-8") as f:
+            replay = f.read().replace(SERIAL_TOKEN, serial).encode()
     master, slave = os.openpty()
     name = os.ttyname(slave)
     import tty
@@ -76,7 +135,14 @@ def main() -> None:
                     def flush(n: int, rid: int = rid) -> None:
                         writer.send_prepared(codec.KIND_CHUNK, rid, n)
 
-                    render(serial, slot, scrapes, Out(view, flush))
+                    out = Out(view, flush)
+                    if replay is not None:
+                        out.write(replay)
+                        out.flush()
+                    elif mode == "--garbage":
+                        render_garbage(serial, out)
+                    else:
+                        render(serial, slot, scrapes, out)
                     reply = {"ok": True, "data": {}}
                 elif msg.get("cmd") == "hello":
                     reply = {"ok": True, "data": {"serial": serial, "proto": 1, "board": "fake"}}

@@ -130,7 +130,7 @@ def openmetrics(text: str) -> List[str]:
             meta[kind] = value
             if kind == "UNIT" and value and not fam.endswith("_" + value):
                 problems.append(f"family {fam} has unit {value} but does not end in _{value}")
-            if kind == "HELP" and re.search(r'\\[^\\n"]', value):
+            if kind == "HELP" and not re.fullmatch(r'(?:[^\\]|\\[\\n"])*', value):
                 problems.append(f"bad escape in HELP of {fam}")
             continue
         name, labels, _, p = parse_sample(line)

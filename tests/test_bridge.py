@@ -22,9 +22,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as text004_families
 
 from tests import omcheck
+from tests.fake_bmc import Fakes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FAKE = ROOT / "tests" / "fake_bmc.py"
 OM_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
     "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
@@ -32,36 +32,12 @@ OM_ACCEPT = (
 TIMEOUT = 1.5  # the bridge's per-BMC timeout in these tests
 
 
-class Fakes:
-    def __init__(self, rack: pathlib.Path) -> None:
-        self.rack = rack
-        self.procs: Dict[int, subprocess.Popen[str]] = {}
-
-    def start(self, slot: int) -> None:
-        p = subprocess.Popen(
-            [sys.executable, str(FAKE), str(self.rack), str(slot), f"SERIAL{slot:02d}"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert p.stdout is not None
-        assert p.stdout.readline().strip() == "ready"
-        self.procs[slot] = p
-
-    def stop_all(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.kill()
-            p.wait()
-
-
 @pytest.fixture
 def fakes(tmp_path: pathlib.Path) -> Iterator[Fakes]:
     f = Fakes(tmp_path / "rack")
     f.rack.mkdir()
     try:
-        for slot in (1, 2, 3):
-            f.start(slot)
+        f.start_many([1, 2, 3])
         yield f
     finally:
         f.stop_all()
@@ -264,3 +240,108 @@ def test_no_bmcs_yet_is_an_empty_valid_answer(tmp_path: pathlib.Path) -> None:
     finally:
         p.send_signal(signal.SIGINT)
         p.wait(10)
+
+
+def test_bmc_sending_a_malformed_exposition_is_down_and_the_rest_stays_valid(
+    bridge: str, fakes: Fakes
+) -> None:
+    get(bridge + "/metrics", OM_ACCEPT)  # slot 2 known with its serial
+    fakes.procs[2].kill()
+    fakes.procs[2].wait()
+    fakes.start(2, "--garbage")
+    for accept in (OM_ACCEPT, None):
+        _, text = get(bridge + "/metrics", accept)
+        assert "oops" not in text
+        if accept:
+            assert omcheck.openmetrics(text) == []
+        else:
+            assert omcheck.text004(text) == []
+    v = samples(get(bridge + "/metrics", OM_ACCEPT)[1])
+    assert by_slot(v, "bmc_up") == {"slot1": 1, "slot2": 0, "slot3": 1}
+    assert v[("bmc_up", (("serial", "SERIAL02"), ("slot", "slot2")))] == 0
+    assert v[("bmc_scrape_errors_total", (("reason", "bad_exposition"), ("slot", "slot2")))] == 3
+    assert by_slot(v, "fake_slot") == {"slot1": 1, "slot3": 3}
+
+
+GOOD = """\
+# HELP bmc Firmware version, board and serial
+# TYPE bmc info
+bmc_info{firmware_version="1.0",serial="S1"} 1
+# HELP up_seconds Uptime with a \\"quote\\" and a \\\\ in its help
+# TYPE up_seconds gauge
+# UNIT up_seconds seconds
+up_seconds 12.5
+# HELP cmds Commands
+# TYPE cmds counter
+cmds_total{result="ok"} 3
+cmds_total{result="bad \\"x\\"\\\\\\n"} 1
+# HELP state Power state
+# TYPE state stateset
+state{state="On"} 1
+state{state="Off"} 0
+# HELP odd A BMC's own slot label that differs from the bridge's
+# TYPE odd gauge
+odd{slot="7",a="b"} 1
+# EOF
+"""
+
+
+def test_expositions_merged_line_by_line_are_valid_in_both_formats(
+    tmp_path: pathlib.Path,
+) -> None:
+    from racklet_host.bridge import expo
+
+    merger = expo.Merger()
+    own = expo.Family("bmc_up", "gauge", "up")
+    own.add("bmc_up", {"serial": "S1", "slot": "slot1"}, 1)
+    merger.add_family(own)
+    merger.add(expo.parse(GOOD), "S1", "slot1")
+    merger.add(expo.parse(GOOD.replace('"S1"', '"S2"')), "S2", 'slot"2')
+    om = expo.render(merger, True).decode()
+    assert omcheck.openmetrics(om) == []
+    v = samples(om)
+    assert v[("bmc_info", (("firmware_version", "1.0"), ("serial", "S1"), ("slot", "slot1")))] == 1
+    assert v[("odd", (("a", "b"), ("exported_slot", "7"), ("serial", "S2"), ("slot", 'slot"2')))]
+    assert v[("cmds_total", (("result", 'bad "x"\\\n'), ("serial", "S1"), ("slot", "slot1")))] == 1
+    assert om.count("# TYPE cmds counter") == 1 and om.count("# UNIT up_seconds seconds") == 1
+    text = expo.render(merger, False).decode()
+    assert omcheck.text004(text) == []
+    assert "# TYPE cmds_total counter\n" in text and "# TYPE bmc_info gauge\n" in text
+    assert '# HELP up_seconds Uptime with a "quote" and a \\\\ in its help\n' in text
+    out = tmp_path / "m.txt"
+    out.write_text(text)
+    with open(out) as f:
+        proc = subprocess.run(["promtool", "check", "metrics"], stdin=f, capture_output=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (GOOD[: -len("# EOF\n")], "does not end with # EOF"),
+        (GOOD[:-1] + "\n\n", "does not end with # EOF"),
+        (GOOD.replace("up_seconds 12.5", "up_seconds 12,5"), "malformed line"),
+        (GOOD.replace("up_seconds 12.5", "up_seconds 12.5 1700000000"), "malformed line"),
+        (GOOD.replace("up_seconds 12.5", ""), "malformed line"),
+        (GOOD.replace('result="ok"', 'result="\\q"'), "malformed line"),
+        (GOOD.replace('result="ok"', 'result="bad \\"x\\"\\\\\\n"'), "same labels twice"),
+        (GOOD.replace('a="b"', 'a="b",a="c"'), "appears twice"),
+        (GOOD.replace('cmds_total{result="ok"} 3', 'cmds_total{result="ok"} -3'), "value"),
+        (GOOD.replace('state{state="On"} 1', 'state{state="On"} 2'), "value"),
+        (GOOD.replace("# UNIT up_seconds seconds", "# UNIT up_seconds bytes"), "unit"),
+        (GOOD.replace("# TYPE cmds counter\n", ""), "outside its family"),
+        (GOOD.replace("# HELP cmds Commands\n", ""), "not right after its # HELP"),
+        (GOOD.replace("# TYPE state stateset", "# TYPE state histogram"), "TYPE"),
+        (GOOD.replace('state{state="On"} 1', "state 1"), "stateset sample without"),
+        (GOOD.replace("odd{", "cmds_total{"), "outside its family"),
+        (GOOD + "up_seconds 1\n# EOF\n", "# EOF before"),
+        (GOOD.replace("# EOF\n", "# HELP cmds again\n# TYPE cmds gauge\n# EOF\n"), "again"),
+        (GOOD.replace('a="b"', 'exported_slot="b"'), "bridge's own"),
+        (GOOD.replace("# HELP odd", "# odd"), "malformed line"),
+    ],
+)
+def test_bad_expositions_are_refused(bad: str, why: str) -> None:
+    from racklet_host.bridge import expo
+
+    with pytest.raises(expo.ExpositionError, match=why):
+        expo.parse(bad)

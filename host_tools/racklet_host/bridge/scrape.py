@@ -21,8 +21,6 @@ import threading
 import time
 from typing import Callable, Dict, Iterator, List, Optional
 
-from prometheus_client.metrics_core import Metric
-
 from .. import discovery
 from ..client import BmcClient
 from ..errors import BmcError, LinkGone, NoBmcFound, PortBusy, Timeout
@@ -89,14 +87,14 @@ class LinkManager:
 class Result:
     """The outcome of scraping one BMC."""
 
-    __slots__ = ("slot", "serial", "up", "duration", "families", "error", "message")
+    __slots__ = ("slot", "serial", "up", "duration", "exposition", "error", "message")
 
     def __init__(self, slot: str) -> None:
         self.slot = slot
         self.serial = ""
         self.up = False
         self.duration = 0.0
-        self.families: List[Metric] = []
+        self.exposition: Optional[expo.Exposition] = None
         self.error: Optional[str] = None  # reason label when down
         self.message = ""
 
@@ -171,10 +169,14 @@ class Scraper:
         t0 = time.monotonic()
         try:
             with self.links.session(port, deadline) as client:
-                text = client.metrics()
-            fams = expo.parse(text)
-            res.families = fams
-            serial = expo.info_label(fams, "bmc", "serial")
+                body = client.stream("metrics").body
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise expo.ExpositionError(f"not UTF-8 at byte {e.start}") from None
+            parsed = expo.parse(text)
+            res.exposition = parsed
+            serial = parsed.label("bmc", "serial")
             if serial:
                 res.serial = serial
             res.up = True
@@ -233,41 +235,41 @@ class Scraper:
 
     # -- exposition -----------------------------------------------------------
     def merge(self, results: List[Result]) -> expo.Merger:
-        """Every BMC's families labelled by slot and serial, then the bridge's own."""
+        """The bridge's own families, then every BMC's labelled by serial and slot."""
         merger = expo.Merger()
-        for res in results:
-            if res.up:
-                merger.add(res.families, {"slot": res.slot, "serial": res.serial})
-        up = Metric("bmc_up", "1 if the BMC answered this scrape with valid metrics", "gauge")
-        dur = Metric(
+        up = expo.Family("bmc_up", "gauge", "1 if the BMC answered this scrape with valid metrics")
+        dur = expo.Family(
             "bmc_scrape_duration_seconds",
-            "Time the bridge spent scraping the BMC",
             "gauge",
+            "Time the bridge spent scraping the BMC",
             "seconds",
         )
         for res in results:
-            labels = {"slot": res.slot, "serial": res.serial}
-            up.add_sample("bmc_up", labels, 1.0 if res.up else 0.0)
-            dur.add_sample("bmc_scrape_duration_seconds", labels, round(res.duration, 6))
-        errs = Metric("bmc_scrape_errors", "Failed scrapes of a BMC by reason", "counter")
+            labels = {"serial": res.serial, "slot": res.slot}
+            up.add("bmc_up", labels, 1.0 if res.up else 0.0)
+            dur.add("bmc_scrape_duration_seconds", labels, round(res.duration, 6))
+        errs = expo.Family("bmc_scrape_errors", "counter", "Failed scrapes of a BMC by reason")
         with self._lock:
             for slot in sorted(self.errors):
                 for reason in sorted(self.errors[slot]):
-                    errs.add_sample(
+                    errs.add(
                         "bmc_scrape_errors_total",
-                        {"slot": slot, "reason": reason},
+                        {"reason": reason, "slot": slot},
                         float(self.errors[slot][reason]),
                     )
             scrapes = self.scrapes
             disc = self.discovery_errors
-        targets = Metric("bmc_bridge_targets", "BMCs found by the last scrape", "gauge")
-        targets.add_sample("bmc_bridge_targets", {}, float(len(results)))
-        total = Metric("bmc_bridge_scrapes", "Scrapes the bridge has served", "counter")
-        total.add_sample("bmc_bridge_scrapes_total", {}, float(scrapes))
-        derr = Metric(
-            "bmc_bridge_discovery_errors", "Scrapes whose BMC discovery failed", "counter"
+        targets = expo.Family("bmc_bridge_targets", "gauge", "BMCs found by the last scrape")
+        targets.add("bmc_bridge_targets", {}, float(len(results)))
+        total = expo.Family("bmc_bridge_scrapes", "counter", "Scrapes the bridge has served")
+        total.add("bmc_bridge_scrapes_total", {}, float(scrapes))
+        derr = expo.Family(
+            "bmc_bridge_discovery_errors", "counter", "Scrapes whose BMC discovery failed"
         )
-        derr.add_sample("bmc_bridge_discovery_errors_total", {}, float(disc))
+        derr.add("bmc_bridge_discovery_errors_total", {}, float(disc))
         for fam in (up, dur, errs, targets, total, derr):
             merger.add_family(fam)
+        for res in results:
+            if res.up and res.exposition is not None:
+                merger.add(res.exposition, res.serial, res.slot)
         return merger
