@@ -30,7 +30,7 @@ from bmc import boardfile
 from . import fwbuild
 
 MIP_PACKAGES = ("usb-device-cdc",)
-SIM_ONLY = ("bmc/board/sim.", "bmc/board/simflash.")
+SIM_ONLY = ("bmc/board/sim.", "bmc/board/simflash.", "bmc/board/simstart.")
 ENTRY_POINTS = ("main.py", "boot.py")  # boot.py last: from then on the board boots production
 
 
