@@ -160,7 +160,7 @@ try:
     _utf8 = memoryview  # MicroPython: a str lends its UTF-8 bytes without a copy
 except TypeError:  # CPython
 
-    def _utf8(text):  # type: ignore[misc]
+    def _utf8(text):  # type: ignore[misc,no-redef]
         return text.encode()
 
 
