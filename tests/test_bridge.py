@@ -12,6 +12,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -195,10 +196,16 @@ def test_unplugged_bmc_then_removed_and_a_new_one(bridge: str, fakes: Fakes) -> 
 def test_port_held_by_another_program_is_waited_for(bridge: str, fakes: Fakes) -> None:
     from racklet_host.transport import Link
 
-    held = Link(str(fakes.rack / "slot1"))  # as bmcctl holds it during a command
+    held = Link(str(fakes.rack / "slot1"))  # as bmcctl holds it during a long command
     try:
         v = samples(get(bridge + "/metrics", OM_ACCEPT)[1])
         assert by_slot(v, "bmc_up") == {"slot1": 0, "slot2": 1, "slot3": 1}
+        # waited for until just before the scrape's deadline, then reported as such
+        assert v[("bmc_scrape_errors_total", (("reason", "port_busy"), ("slot", "slot1")))] == 1
+        # held for a moment only (bmcctl's status): the scrape waits for its turn
+        threading.Timer(0.3, held.close).start()
+        v = samples(get(bridge + "/metrics", OM_ACCEPT)[1])
+        assert by_slot(v, "bmc_up") == {"slot1": 1, "slot2": 1, "slot3": 1}
     finally:
         held.close()
     v = samples(get(bridge + "/metrics", OM_ACCEPT)[1])

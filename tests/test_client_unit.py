@@ -182,6 +182,17 @@ def test_second_opener_gets_port_busy(peer: Peer) -> None:
             Link(peer.path)
 
 
+def test_busy_port_is_waited_for_until_its_holder_closes_it(peer: Peer) -> None:
+    holder = Link(peer.path)
+    threading.Timer(0.3, holder.close).start()
+    with BmcClient.open(peer.path, timeout=2, busy_wait=10) as c:  # waits for its turn
+        assert not holder.is_open
+        assert c.status()["power"] == "Off"
+    with Link(peer.path):  # held for longer than the wait: a clear error
+        with pytest.raises(errors.PortBusy, match="busy: another program has held it for 0.2 s"):
+            Link(peer.path, busy_wait=0.2)
+
+
 def test_vanished_device_is_link_gone(key: Key) -> None:
     p = Peer(standard(key))
     c = BmcClient.open(p.path, timeout=2)

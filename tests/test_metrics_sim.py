@@ -7,6 +7,7 @@ starts, serves and stops cleanly.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -158,6 +159,53 @@ def scrapes_around(bridge: str, action: Callable[[], object]) -> List[str]:
     assert not errors, errors
     assert len(texts) >= 3
     return texts
+
+
+def test_bmcctl_gets_its_turn_while_scrapes_run_back_to_back(rack: Rack, bridge: str) -> None:
+    stop = threading.Event()
+    done: List[float] = []
+
+    def scrape_loop() -> None:
+        while not stop.is_set():
+            get(bridge + "/metrics")
+            done.append(time.monotonic())
+
+    worker = threading.Thread(target=scrape_loop, daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(done) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        before = len(done)
+        runs = []
+        for _ in range(3):  # each opens the port while the bridge is scraping it
+            runs.append(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        "import sys; from racklet_host.cli import main; sys.exit(main())",
+                        "--rack",
+                        str(rack.path),
+                        "--json",
+                        "status",
+                        "slot1",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+            )
+        during = len(done) - before
+    finally:
+        stop.set()
+        worker.join(10)
+    for run in runs:
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert json.loads(run.stdout)[0]["data"]["serial"] == serials(rack)["slot1"]
+    assert during >= 3  # the bridge kept scraping all along
+    v = samples(get(bridge + "/metrics")[1])
+    assert set(per_slot(v["bmc_up"]).values()) == {1}
 
 
 def test_hung_and_unplugged_bmcs_mid_scrape(rack: Rack, bridge: str) -> None:

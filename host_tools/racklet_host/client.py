@@ -43,6 +43,9 @@ DISRUPTIVE_ACTIONS = frozenset(
 )
 
 DEFAULT_TIMEOUT = 5.0
+# How long opening a port waits while another program (the bridge mid-scrape, another
+# bmcctl) holds it, before PortBusy.
+DEFAULT_BUSY_WAIT = 3.0
 
 
 class Hello(TypedDict, total=False):
@@ -154,8 +157,11 @@ class BmcClient:
         timeout: float = DEFAULT_TIMEOUT,
         resolve: Optional[Callable[[], str]] = None,
         name: Optional[str] = None,
+        busy_wait: float = DEFAULT_BUSY_WAIT,
     ) -> BmcClient:
-        return cls(Link(path), key=key, timeout=timeout, resolve=resolve, name=name)
+        """A client on `path`; a port another program holds is waited for `busy_wait` s."""
+        link = Link(path, busy_wait=busy_wait)
+        return cls(link, key=key, timeout=timeout, resolve=resolve, name=name)
 
     def close(self) -> None:
         self.link.close()
@@ -445,10 +451,16 @@ def open_client(
     *,
     key: Optional[Key] = None,
     timeout: float = DEFAULT_TIMEOUT,
+    busy_wait: float = DEFAULT_BUSY_WAIT,
 ) -> BmcClient:
     """A client for a port path or a `discovery.BmcPort` (reconnects by its slot)."""
     if isinstance(target, str):
-        return BmcClient.open(target, key=key, timeout=timeout)
+        return BmcClient.open(target, key=key, timeout=timeout, busy_wait=busy_wait)
     return BmcClient.open(
-        target.path, key=key, timeout=timeout, resolve=target.resolve, name=target.name
+        target.path,
+        key=key,
+        timeout=timeout,
+        resolve=target.resolve,
+        name=target.name,
+        busy_wait=busy_wait,
     )

@@ -3,7 +3,10 @@
 This layer knows about frames (`bmc.codec`) but nothing about commands: it opens a
 port exclusively, writes frames, and reads frames with a deadline. A device that
 vanishes (USB unplugged, BMC rebooting, the simulator's PTY closed) raises
-`LinkGone`; a second opener of the same port gets `PortBusy`.
+`LinkGone`; a second opener of the same port gets `PortBusy`, or with
+`busy_wait=S` retries the exclusive open every few milliseconds for up to S
+seconds first (its turn comes as soon as the holder closes the port: the bridge
+holds a port only for one scrape).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from bmc import codec
 from .errors import LinkGone, PortBusy, Timeout
 
 _READ_SIZE = 4096
+_BUSY_POLL = 0.002  # retry interval of a busy open: shorter than any gap between scrapes
 
 
 class Frame(NamedTuple):
@@ -32,8 +36,9 @@ class Frame(NamedTuple):
 class Link:
     """One open serial port, with a frame reader over it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, busy_wait: float = 0.0) -> None:
         self.path = path
+        self.busy_wait = busy_wait  # seconds an open waits for a port another program holds
         self._ser: Optional[serial.Serial] = None
         self._reader = codec.FrameReader()
         self._rx = bytearray()
@@ -42,8 +47,29 @@ class Link:
     # -- opening and closing ------------------------------------------------
 
     def open(self) -> None:
-        """Open `self.path` (following a symlink) exclusively, in raw mode."""
+        """Open `self.path` (following a symlink) exclusively, in raw mode.
+
+        A port held by another program is retried until `self.busy_wait` seconds
+        have passed, then `PortBusy`.
+        """
         self.close()
+        deadline = time.monotonic() + self.busy_wait
+        while True:
+            try:
+                self._open_once()
+                return
+            except PortBusy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if self.busy_wait > 0:
+                        raise PortBusy(
+                            f"port {self.path} is busy: another program has held it "
+                            f"for {self.busy_wait:g} s"
+                        ) from None
+                    raise
+                time.sleep(min(_BUSY_POLL, left))
+
+    def _open_once(self) -> None:
         try:
             ser = serial.Serial()
             ser.port = self.path

@@ -23,11 +23,11 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 from .. import discovery
 from ..client import BmcClient
-from ..errors import BmcError, LinkGone, NoBmcFound, PortBusy, Timeout
+from ..errors import BmcError, LinkGone, NoBmcFound, Timeout
 from . import expo
 
 DEFAULT_TIMEOUT = 3.0
-_BUSY_RETRY = 0.02  # while another program holds the port
+_BUSY_MARGIN = 0.1  # seconds before the deadline a wait for a held port gives up
 
 
 class Busy(BmcError):
@@ -57,25 +57,23 @@ class LinkManager:
     def session(self, port: discovery.BmcPort, deadline: float) -> Iterator[BmcClient]:
         """An open client for `port`, held until the block ends; `Busy` if taken until then.
 
-        Another program holding the port (`PortBusy`: bmcctl in the middle of a
-        command) is waited for until `deadline`.
+        Another program holding the port (bmcctl in the middle of a command) is
+        waited for until `deadline` (`PortBusy` after that).
         """
         lock = self._lock(port.name)
         if not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
             raise Busy(f"{port.name}: the previous command on this link is still running")
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Timeout(f"{port.name}: no time left to open the port")
-                try:
-                    path = port.resolve()
-                    client = BmcClient.open(path, timeout=left, name=port.name)
-                    break
-                except NoBmcFound as e:
-                    raise LinkGone(e.message) from None
-                except PortBusy:
-                    time.sleep(min(_BUSY_RETRY, max(left, 0.0)))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"{port.name}: no time left to open the port")
+            try:
+                path = port.resolve()
+                # a port held elsewhere: wait, but answer port_busy before the scrape's deadline
+                wait = max(left - _BUSY_MARGIN, 0.0)
+                client = BmcClient.open(path, timeout=left, name=port.name, busy_wait=wait)
+            except NoBmcFound as e:
+                raise LinkGone(e.message) from None
             try:
                 yield client
             finally:
