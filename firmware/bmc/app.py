@@ -42,8 +42,12 @@ class App:
         self.data_dir = board.root + "/data"
         self.store = store.Store(self.data_dir)
         self.serial = binascii.hexlify(board.unique_id()).decode().upper()
-        self.persist = persist.BmcState(self.store, board.reset_cause())
-        self.events = events.EventLog(self.store, self.clock, self.persist.boot_count)
+        # Deferred: state and events reach flash at the end of each loop pass, after
+        # any reply has gone out (see `step`), so no answer waits for a flash write.
+        self.persist = persist.BmcState(self.store, board.reset_cause(), deferred=True)
+        self.events = events.EventLog(
+            self.store, self.clock, self.persist.boot_count, deferred=True
+        )
         self.events.add("bmc", "start", "fw %s reset %s" % (VERSION, self.persist.reset_cause))
         if self.persist.problem and self.persist.problem != "missing":
             self.events.add("store", "corrupt", "state: " + self.persist.problem)
@@ -97,6 +101,7 @@ class App:
         # a 1 KB reply no longer fits anywhere.
         if hasattr(gc, "threshold"):
             gc.threshold(_GC_EVERY)
+        self.flush()
 
     # -- used by command modules -----------------------------------------
     def board_name(self):
@@ -165,6 +170,7 @@ class App:
         self.dispatch.poll()
         if self.reboot_pending:
             self.events.add("bmc", "reboot", "")
+            self.flush()
             self.board.reboot()
         if self.power is not None:
             self.power.tick()
@@ -172,6 +178,12 @@ class App:
             hook()
         self.console.poll()
         self.indicators.tick(self.power.state if self.power else "Fault")
+        self.flush()
+
+    def flush(self):
+        """Write what this pass recorded: the event log, then the BMC state."""
+        self.events.flush()
+        self.persist.flush()
 
     def run(self):
         board = self.board

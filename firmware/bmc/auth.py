@@ -18,7 +18,7 @@ from bmc.hmac256 import HmacKey, ct_equal
 KEY_BYTES = const(32)
 NONCE_BYTES = const(16)
 NONCE_TTL_MS = const(5000)
-_NONCE_SLOTS = const(4)
+_NONCE_SLOTS = const(8)
 MAX_KEYS = const(8)
 _FREE_FAILURES = const(5)  # failures in a row before back-off starts
 _BACKOFF_BASE_MS = const(1000)

@@ -96,6 +96,7 @@ class Dispatcher:
 
     def _handle(self, frame):
         kind, version, rid, payload = frame
+        signed = False  # a signed request's reply carries the next nonce (one round trip each)
         if kind != codec.KIND_REQUEST:
             self._count("ignored")
             return
@@ -121,6 +122,8 @@ class Dispatcher:
             entry = self.commands.get(cmd)
             if entry is None:
                 raise errors.CmdError(errors.UNKNOWN_COMMAND, "unknown command: %s" % cmd[:40])
+            if msg.get("auth") is not None:
+                signed = True
             role, key_id = self.auth.authorize(cmd, args, msg.get("auth"), entry[0])
             req = Request(self.writer, rid, cmd, args, role, key_id)
             if len(entry) == 2:
@@ -128,12 +131,17 @@ class Dispatcher:
             else:
                 data = ondemand.call(entry[1], entry[2], self.app, req)
             self._count("ok")
-            self._reply(rid, {"ok": True, "data": data if data is not None else {}})
+            out = {"ok": True, "data": data if data is not None else {}}
+            if signed:
+                out["nonce"] = self.auth.issue_nonce()
+            self._reply(rid, out)
         except errors.CmdError as e:
             self._count(e.code)
             out = {"ok": False, "error": e.code, "message": e.message}
             if e.data is not None:
                 out["data"] = e.data
+            if signed:
+                out["nonce"] = self.auth.issue_nonce()
             self._reply(rid, out)
         except MemoryError:
             gc.collect()

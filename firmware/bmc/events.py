@@ -24,10 +24,14 @@ _NAME = "events"
 
 
 class EventLog:
-    def __init__(self, store, clock, boot_count=0, capacity=64, name=_NAME):
+    def __init__(self, store, clock, boot_count=0, capacity=64, name=_NAME, deferred=False):
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._store = store
+        # deferred: `add` only records in RAM and the main loop calls `flush` once per
+        # pass, after the reply has gone out; a flash write never delays an answer.
+        self.deferred = deferred
+        self._pending = 0
         self._clock = clock
         self.boot = boot_count
         self.capacity = capacity
@@ -80,16 +84,28 @@ class EventLog:
         self._buf.append(e)
         if len(self._buf) > self.capacity:
             self._buf.pop(0)
+        self._pending += 1
+        if not self.deferred:
+            self.flush()
+        return self.last_seq
+
+    def flush(self):
+        """Put the entries added since the last flush on flash (one append)."""
+        n = self._pending
+        if not n:
+            return
+        self._pending = 0
         try:
-            if self._file_lines >= 2 * self.capacity:
+            if self._file_lines + n >= 2 * self.capacity or n > len(self._buf):
                 self._compact()
             else:
-                self._store.append_line(self._name, json.dumps(list(e)))
-                self._file_lines += 1
+                buf = self._buf
+                lines = [json.dumps(list(buf[i])) for i in range(len(buf) - n, len(buf))]
+                self._store.append_lines(self._name, lines)
+                self._file_lines += n
         except OSError:
             self.write_errors += 1
             self._file_lines = 2 * self.capacity  # compact (rewrite all) next time
-        return self.last_seq
 
     def _compact(self):
         self._store.save_lines(self._name, [json.dumps(list(e)) for e in self._buf])

@@ -15,8 +15,10 @@ RESET_CAUSES = ("power_on", "watchdog", "soft", "unknown")
 
 
 class BmcState:
-    def __init__(self, store, reset_cause="unknown"):
+    def __init__(self, store, reset_cause="unknown", deferred=False):
         self._store = store
+        self.deferred = deferred
+        self._dirty = False
         data, self.problem = store.load(_NAME, {})
         bc = data.get("boot_count", 0)
         if not (isinstance(bc, int) and not isinstance(bc, bool) and bc >= 0):
@@ -53,4 +55,12 @@ class BmcState:
         on = bool(on)
         if on != self.sbc_on:
             self.sbc_on = on
+            self._dirty = True
+            if not self.deferred:
+                self.flush()
+
+    def flush(self):
+        """Save if something changed (deferred mode: the main loop calls this each pass)."""
+        if self._dirty:
+            self._dirty = False
             self._save()

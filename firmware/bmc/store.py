@@ -67,9 +67,14 @@ class Store:
     # Line files (JSON per line), for the event log.
 
     def append_line(self, name, line):
+        self.append_lines(name, (line,))
+
+    def append_lines(self, name, lines):
         f = open(self.path(name, ".jsonl"), "a")
         try:
-            f.write(line + "\n")
+            for line in lines:
+                f.write(line)
+                f.write("\n")
         finally:
             f.close()
 

@@ -100,6 +100,12 @@ def scenario_authenticated_power_cycle(tmp):
     key = provision(rig)
     st = ok(rig.host.call("power", {"action": "On"}, key=key))
     assert st["state"] == "PoweringOn", st
+    # Written after the reply, in the same pass of the main loop: on flash by now.
+    with open(rig.root + "/data/events.jsonl") as f:
+        logged = f.read()
+    assert '"action"' in logged and '"On"' in logged, logged
+    with open(rig.root + "/data/state.json") as f:
+        assert '"sbc_on": true' in f.read()
     rig.until_state("On")
     assert rig.sbc.running
     err(rig.host.call("power", {"action": "On"}, key=key), "not_allowed")
@@ -132,6 +138,18 @@ def scenario_replay_forgery_expiry(tmp):
     assert rig.app.power.state == "Off"
     assert files(rig) == before
     assert rig.app.auth.failures["bad_nonce"] == 1 and rig.app.auth.failures["expired"] == 1
+
+
+def scenario_signed_reply_carries_the_next_nonce(tmp):
+    rig = fresh(tmp)
+    key = provision(rig)
+    r = rig.host.call("identify", {"seconds": 0}, key=key)
+    ok(r)
+    nxt = r["nonce"]
+    r2 = rig.host.call("identify", {"seconds": 0}, key=key, nonce=nxt)
+    ok(r2)
+    err(rig.host.call("identify", {"seconds": 0}, key=key, nonce=nxt), "auth_failed")  # single use
+    assert "nonce" not in rig.host.call("status"), "only signed requests get one"
 
 
 def scenario_roles(tmp):
