@@ -24,16 +24,18 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from bmc import boardfile
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from racklet_host import cli
 from racklet_host.cli_boot import manifest_set
 from racklet_host.client import BmcClient
+from racklet_host.errors import Invalid
 from racklet_host.keys import load_key, write_new_key
 from racklet_host.usbboot.relay import BmcSource, BootFailed, Cache, Relay
 from racklet_host.usbboot.simbus import SimBus
 from racklet_host.usbboot.simrom import SimBootRom
-from racklet_sim.rack import Rack
+from racklet_sim.rack import Rack, board_path
 
 BOARD = "pico-cm4"
 URL = "https://inventory.example.net/rack-7"
@@ -232,9 +234,14 @@ def boot_status(rack: Rack, slot: int) -> Dict[str, Any]:
     return st
 
 
+BOOT_SELECT = boardfile.load(str(board_path(BOARD)))["signals"]["boot_select"]
+
+
 def boot_select_released(rack: Rack, slot: int) -> bool:
-    """The SBC sees nRPIBOOT released (pulled up: not asserted)."""
-    return rack.sbc(slot)["levels"].get("boot_select") in (1, "1", True)
+    """The SBC sees boot-select (CM4 nRPIBOOT: active low, pulled up on the module) at its
+    inactive level; `levels` is keyed by pin number."""
+    level = rack.sbc(slot)["levels"].get(str(BOOT_SELECT["pin"]))
+    return level == (0 if BOOT_SELECT["active_high"] else 1)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
@@ -397,21 +404,30 @@ def test_traversal_names_refused_by_the_firmware(
     rack: Rack, admin: Path, work: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Neither the manifest nor a file read takes a name with '..': clear errors, nothing
-    stored, nothing streamed."""
-    boot_files(work, "trav")
+    stored, nothing streamed. The firmware is asked directly (bmcctl refuses such a name
+    before it sends anything, checked last)."""
+    files = boot_files(work, "trav")
     with BmcClient.open(rack.port(1)) as c:
         gen = c.call("boot-manifest-get", auth=False)["gen"]
-    capsys.readouterr()
-    path = str(work / "trav" / "config.txt")
-    assert bmcctl(rack, admin, "boot", "manifest", "set", "slot1", "--file", f"../x={path}") == 1
-    out = capsys.readouterr()
-    assert "refused: no '..'" in out.out + out.err
+    data = files["config.txt"]
+    entry = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "src": "bmc"}
     with client(rack, 1, admin) as c:
+        for name in ("../x", "boot/../../keys", "/flash/data/keys"):
+            with pytest.raises(Invalid, match=r"refused: no '\.\.' and no leading '/'"):
+                c.call("boot-manifest-set", {"files": [dict(entry, name=name)]})
         assert c.call("boot-manifest-get", auth=False)["gen"] == gen
         chunks: List[bytes] = []
-        with pytest.raises(Exception, match=r"no '\.\.'"):
+        with pytest.raises(Invalid, match=r"no '\.\.'"):
             c.call("boot-file-read", {"name": "../boot_manifest"}, on_chunk=chunks.append)
         assert chunks == []
+    # bmcctl: a usage error, before any upload or manifest change
+    capsys.readouterr()
+    path = str(work / "trav" / "config.txt")
+    assert bmcctl(rack, admin, "boot", "manifest", "set", "slot1", "--file", f"../x={path}") == 2
+    out = capsys.readouterr()
+    assert "refused: no '..'" in out.out + out.err
+    with BmcClient.open(rack.port(1)) as c:
+        assert c.call("boot-manifest-get", auth=False)["gen"] == gen
 
 
 # -- failures under the relay's feet ----------------------------------------------------
@@ -464,6 +480,9 @@ def test_manifest_changed_mid_boot(
 def test_bmc_unplugged_mid_boot(
     rack: Rack, admin: Path, work: Path, rom: Callable[..., SimBootRom], tmp_path: Path
 ) -> None:
+    """The BMC pulled between two files and left out while the relay gives up: the boot
+    fails, saying the link went away and that the BMC could not be told (its log will
+    not have it). Plugged in again, it starts with boot-select released."""
     boot_files(work, "unplug")
     cache = tmp_path / "cache"
     push_manifest(rack, 2, admin, work, "unplug", cache)
@@ -473,20 +492,24 @@ def test_bmc_unplugged_mid_boot(
 
     def on_log(line: str) -> None:
         if line.startswith("served config.txt"):
-            rack.kill(2)  # pulled: SIGKILL, bmc-sim starts it again on a fresh PTY
+            rack.kill(2, restart=False)  # pulled: SIGKILL, the PTY goes away
 
     c, relay = serve_in_process(rack, 2, admin, cache, r.path, on_log)
-    with c, pytest.raises(BootFailed, match="BMC link lost mid-boot") as failed:
+    with c, pytest.raises(BootFailed, match="BMC link lost mid-boot: .* went away") as failed:
         relay.run()
-    assert "the BMC could not be told" in str(failed.value)
+    assert "(and the BMC could not be told: " in str(failed.value)
     assert list(r.received) == ["config.txt"]  # nothing after the BMC went away
+    # the SBC side: a BMC that is gone leaves every pad released; nRPIBOOT is pulled up
+    wait_for(lambda: boot_select_released(rack, 2), 5, "boot-select still asserted")
+    rack.start(2)  # plugged in again
     rack.wait_restarted(2, starts)
     # the BMC is back on the same slot; it starts with boot-select released and logs why
     with client(rack, 2, admin) as c2:
         assert c2.status()["boot_mode"] == "normal"
         evs, _ = c2.events(0)
-    starts_ev = [e for e in evs if e.get("cause") == "start"]
-    assert starts_ev and "reset power_on" in str(starts_ev[-1].get("detail"))
+    starts_ev = [i for i, e in enumerate(evs) if e.get("cause") == "start"]
+    assert starts_ev and "reset power_on" in str(evs[starts_ev[-1]].get("detail"))
+    assert "usb_boot_failed" not in causes(evs[starts_ev[-1] :])  # it was never told
     assert boot_status(rack, 2)["state"] == "idle"
     wait_for(lambda: boot_select_released(rack, 2), 5, "boot-select still asserted")
 

@@ -112,6 +112,11 @@ def inventory_set(c: BmcClient, url: str, keys: List[str]) -> Dict[str, Any]:
 
 
 def parse_files(specs: List[str]) -> List[Tuple[str, str]]:
+    """`[NAME=]PATH` specs; a name the BMC would refuse is a usage error before any
+    upload (the firmware's own check, bmc.bootfiles.check_name)."""
+    from bmc import errors as wire
+    from bmc.bootfiles import check_name
+
     from .cli import UsageError
 
     out = []
@@ -119,6 +124,10 @@ def parse_files(specs: List[str]) -> List[Tuple[str, str]]:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = os.path.basename(spec), spec
+        try:
+            check_name(name)
+        except wire.CmdError as e:
+            raise UsageError(e.message) from None
         if not os.path.isfile(path):
             raise UsageError(f"no such file: {path}")
         out.append((name, path))
