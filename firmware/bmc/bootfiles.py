@@ -119,6 +119,7 @@ class BootFiles:
         self.started_ms = 0
         self.session_files = 0
         self.session_missing = 0
+        self.heap_peak = 0  # heap allocated at its highest during the last stream (bootserve)
         self.power = None  # set by cmd_boot: needs set_boot_mode() and an action runner
         self.power_action = self._no_power  # cmd_boot: power-cycles the SBC
         self.mux = None  # a bmc.lines Line (role usb_mux) or None

@@ -10,6 +10,7 @@ import hashlib
 
 from bmc import errors
 from bmc.bootfiles import CMDLINE, INVENTORY_FILE, REPORT_EVENTS, _bad, _hex, check_name
+from bmc.compat import mem_alloc, mem_free
 
 
 def _generated(bf):
@@ -94,12 +95,19 @@ def _vouch(bf, name, gen, sha):
 
 
 def stream(bf, name, gen, sha, req):
-    """Send a "bmc" or "gen" file as chunks; returns its size and digest."""
+    """Send a "bmc" or "gen" file as chunks; returns its size and digest.
+
+    The heap's high-water mark while streaming (bytes allocated, garbage not yet
+    collected included) is kept in `bf.heap_peak` for boot-status: sampled once
+    the file is open, every 8th chunk (mem_alloc() scans the heap's block
+    table, so not on every chunk) and at the end.
+    """
     check_name(name)
     e = _vouch(bf, name, gen, sha)
     view = req.chunk_view()
     room = len(view)
     sent = 0
+    peak = mem_alloc()
     if e[3] == "gen":
         for g in _generated(bf):
             if g[0] == name:
@@ -115,18 +123,24 @@ def stream(bf, name, gen, sha, req):
         except OSError:
             raise errors.CmdError(errors.STORAGE, "%s is missing from the flash" % name)
         try:
+            peak = max(peak, mem_alloc())
+            k = 0
             while True:
                 n = fh.readinto(view)
                 if not n:
                     break
                 req.chunk_prepared(n)
                 sent += n
+                k += 1
+                if k & 7 == 0:
+                    peak = max(peak, mem_alloc())
         finally:
             fh.close()
     else:
         raise errors.CmdError(
             errors.NOT_FOUND, "%s is served from the host cache, not the BMC" % name
         )
+    bf.heap_peak = max(peak, mem_alloc())
     bf.counters["bytes_streamed"] += sent
     if sent != e[1]:
         raise errors.CmdError(
@@ -219,4 +233,6 @@ def status(bf):
         st["left_ms"] = bf.ms_to_next()
         st["files"] = bf.session_files
     st["counters"] = dict(bf.counters)
+    st["heap_peak"] = bf.heap_peak
+    st["heap_size"] = mem_alloc() + mem_free()
     return st

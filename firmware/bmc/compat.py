@@ -24,3 +24,14 @@ except ImportError:  # CPython: the type checks run against MicroPython's stubs
 
     def ticks_diff(a, b):  # type: ignore[misc,no-redef]
         return ((a - b + _HALF) & (_PERIOD - 1)) - _HALF
+
+
+try:
+    from gc import mem_alloc, mem_free  # noqa: F401
+except ImportError:  # CPython: no MicroPython heap to count
+
+    def mem_alloc():  # type: ignore[misc]
+        return 0
+
+    def mem_free():  # type: ignore[misc]
+        return 0

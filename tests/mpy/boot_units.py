@@ -97,6 +97,8 @@ def run(tmp):
     req = Req()
     bf.stream("start4.elf", 1, sha, req)
     assert bytes(req.out) == data and req.chunks == 3, (len(req.out), req.chunks)
+    st_ = bf.status()
+    assert before <= st_["heap_peak"] <= st_["heap_size"], (before, st_)
     req = Req()
     bf.stream("cmdline.txt", 1, None, req)
     assert bytes(req.out).startswith(b"racklet.inventory=" + url.encode() + b" racklet.keys=")
