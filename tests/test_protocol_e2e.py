@@ -289,6 +289,28 @@ def wait_state(rack: Rack, slot: int, state: str, timeout: float = 15) -> None:
             time.sleep(0.1)
 
 
+def test_signed_calls_after_the_first_need_no_nonce_round_trip(
+    admin1: BmcClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetched: List[str] = []
+    real = admin1.nonce
+
+    def counting() -> Any:
+        n = real()
+        fetched.append(n["nonce"])
+        return n
+
+    monkeypatch.setattr(admin1, "nonce", counting)
+    for _ in range(3):
+        admin1.identify(0)
+    assert len(fetched) == 1
+    # A stale cached nonce is not used: after NONCE_REUSE_S the client asks again.
+    assert admin1._next_nonce is not None
+    admin1._next_nonce = (admin1._next_nonce[0], time.monotonic() - 60)
+    admin1.identify(0)
+    assert len(fetched) == 2
+
+
 def test_events_since_next_misses_nothing(admin1: BmcClient) -> None:
     _, data = admin1.events(0)
     admin1.identify(0)

@@ -43,6 +43,7 @@ DISRUPTIVE_ACTIONS = frozenset(
 )
 
 DEFAULT_TIMEOUT = 5.0
+NONCE_REUSE_S = 2.0  # a nonce from a signed reply is used only this young (the BMC keeps 5 s)
 # How long opening a port waits while another program (the bridge mid-scrape, another
 # bmcctl) holds it, before PortBusy.
 DEFAULT_BUSY_WAIT = 3.0
@@ -147,6 +148,8 @@ class BmcClient:
         self._lock = threading.RLock()
         self._rid = random.randint(1, 0xFFFF)
         self.info: Optional[Hello] = None
+        # The nonce the last signed reply carried, and when it came (see `sign`).
+        self._next_nonce: Optional[Tuple[str, float]] = None
 
     @classmethod
     def open(
@@ -225,7 +228,11 @@ class BmcClient:
                     continue
                 if frame.kind != codec.KIND_RESPONSE:
                     continue
-                return _response_data(frame.payload, self.name)
+                msg = _decode(frame.payload, self.name)
+                nxt = msg.get("nonce")
+                if isinstance(nxt, str):
+                    self._next_nonce = (nxt, time.monotonic())
+                return _response_data(msg, self.name)
 
     def call(
         self,
@@ -255,8 +262,17 @@ class BmcClient:
             return self.request(msg, timeout=timeout, on_chunk=on_chunk)
 
     def sign(self, key: Key, cmd: str, args: Args) -> Dict[str, str]:
-        """A fresh nonce and the MAC over this command: the request's `auth` object."""
-        nonce = self.nonce()["nonce"]
+        """A fresh nonce and the MAC over this command: the request's `auth` object.
+
+        The reply to a signed request carries the next nonce; it is used once, while
+        young (NONCE_REUSE_S), which saves the `nonce` round trip on every signed
+        command after the first.
+        """
+        cached, self._next_nonce = self._next_nonce, None
+        if cached is not None and time.monotonic() - cached[1] < NONCE_REUSE_S:
+            nonce = cached[0]
+        else:
+            nonce = self.nonce()["nonce"]
         mac = key.mac(codec.mac_input(self.serial, nonce, cmd, args))
         return {"key": key.key_id, "nonce": nonce, "mac": mac.hex()}
 
@@ -422,11 +438,15 @@ class BmcClient:
         return self.info
 
 
-def _response_data(payload: bytes, name: str) -> Args:
+def _decode(payload: bytes, name: str) -> Args:
     try:
-        msg = codec.loads(payload)
+        msg: Args = codec.loads(payload)
     except ValueError as e:
         raise ProtocolError(f"{name} sent a garbled response ({e})") from None
+    return msg
+
+
+def _response_data(msg: Args, name: str) -> Args:
     ok = msg.get("ok")
     data = msg.get("data")
     if data is None:
