@@ -217,8 +217,12 @@ def test_provisioning_needs_bootsel_then_writes_a_0600_key(
     with BmcClient.open(rack.port(2)) as c:
         assert c.hello()["provisioned"] is False
     rack.bootsel(2, seconds=2)
-    code, rows = ctl.json("keys", "provision", "2", key=kf)
-    assert code == 0
+    # the form: global options after the command's own words
+    code, out, err = ctl(
+        "keys", "provision", "2", "--role", "admin", "--key-file", str(kf), "--json"
+    )
+    assert code == 0, err
+    rows = json.loads(out)
     assert kf.read_text() == first
     assert rows[0]["data"]["key_id"] == load_key(str(kf)).key_id
     with BmcClient.open(rack.port(2)) as c:

@@ -52,6 +52,47 @@ class UsageError(BmcError):
 # -- argument parsing ---------------------------------------------------------
 
 
+def _add_global_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after its own words.
+
+    On the top-level parser they carry the defaults; on every subcommand's parser
+    they default to SUPPRESS, so a value given after the command overrides and an
+    absent one leaves the top-level value alone.
+    """
+
+    def d(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    p.add_argument(
+        "--rack", metavar="DIR", default=d(None), help="a simulated rack (default: $BMC_RACK)"
+    )
+    p.add_argument(
+        "--port", metavar="PATH", default=d(None), help="talk to this serial device only"
+    )
+    p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
+    p.add_argument(
+        "--yes", "-y", action="store_true", default=d(False), help="do not ask for confirmation"
+    )
+    p.add_argument(
+        "--key-file", metavar="F", default=d(None), help=f"key file (default: ${ENV_KEY_FILE})"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=d(DEFAULT_TIMEOUT),
+        metavar="S",
+        help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it also takes the global options (and so do its own subcommands)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_global_options(self, top=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bmcctl",
@@ -59,19 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--rack", metavar="DIR", help="a simulated rack (default: $BMC_RACK)")
-    p.add_argument("--port", metavar="PATH", help="talk to this serial device only")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--key-file", metavar="F", help=f"key file (default: ${ENV_KEY_FILE})")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT:g})",
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add_global_options(p, top=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
