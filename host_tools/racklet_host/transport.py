@@ -22,7 +22,7 @@ from bmc import codec
 
 from .errors import LinkGone, PortBusy, Timeout
 
-_READ_SIZE = 4096
+_READ_SIZE = 65536  # a whole metrics answer (~8 KB) in one read when it is there
 _BUSY_POLL = 0.002  # retry interval of a busy open: shorter than any gap between scrapes
 
 
