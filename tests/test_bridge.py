@@ -343,6 +343,10 @@ def test_expositions_merged_line_by_line_are_valid_in_both_formats(
         (GOOD.replace("odd{", "cmds_total{"), "outside its family"),
         (GOOD + "up_seconds 1\n# EOF\n", "# EOF before"),
         (GOOD.replace("# EOF\n", "# HELP cmds again\n# TYPE cmds gauge\n# EOF\n"), "again"),
+        (
+            GOOD.replace("# EOF\n", "# HELP cmds_total x\n# TYPE cmds_total gauge\n# EOF\n"),
+            "line 19: family cmds_total again or clashing",
+        ),
         (GOOD.replace('a="b"', 'exported_slot="b"'), "bridge's own"),
         (GOOD.replace("# HELP odd", "# odd"), "malformed line"),
     ],
@@ -350,5 +354,8 @@ def test_expositions_merged_line_by_line_are_valid_in_both_formats(
 def test_bad_expositions_are_refused(bad: str, why: str) -> None:
     from racklet_host.bridge import expo
 
+    expo.parse(GOOD)  # known: the bad text's good families are not checked again
     with pytest.raises(expo.ExpositionError, match=why):
         expo.parse(bad)
+    with pytest.raises(expo.ExpositionError, match=why):
+        expo.parse(bad)  # nor is a refused one remembered as good

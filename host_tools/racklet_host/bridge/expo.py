@@ -145,6 +145,14 @@ def number(value: float) -> str:
     return repr(float(value))
 
 
+# Family blocks already checked (the text from `# HELP` to the last sample, no final
+# newline) -> their Family. Most of a BMC's families read the same at every scrape
+# and on every BMC (metadata, states, counters still at 0): those are checked once.
+# The Family objects are shared, so nothing may change them after `parse`.
+_BLOCKS: Dict[str, Family] = {}
+_BLOCKS_MAX = 8192  # about 2 MB; emptied when full (values that change make new blocks)
+
+
 def parse(text: str) -> Exposition:
     """Check one BMC's OpenMetrics text and split it into families; ExpositionError if bad."""
     if text.endswith("# EOF\n"):
@@ -155,6 +163,41 @@ def parse(text: str) -> Exposition:
         raise ExpositionError("exposition does not end with # EOF (truncated?)")
     if body and not body.endswith("\n"):
         raise ExpositionError("exposition does not end with # EOF on a line of its own")
+    if not body.startswith("# HELP "):
+        return Exposition(_families(body), text)
+    # Family by family (a line that starts with "# HELP " starts a family: help text has
+    # no newline, and no other line starts like that), known blocks from the cache; the
+    # family names are checked against each other here. Anything wrong: the whole text
+    # again line by line, for the error with its line number.
+    families: List[Family] = []
+    names: Set[str] = set()
+    cache = _BLOCKS
+    for block in body[7:-1].split("\n# HELP "):
+        fam = cache.get(block)
+        if fam is None:
+            try:
+                found = _families("# HELP " + block + "\n")
+            except ExpositionError:
+                return Exposition(_families(body), text)
+            if len(found) != 1:
+                return Exposition(_families(body), text)
+            fam = found[0]
+            if len(cache) >= _BLOCKS_MAX:
+                cache.clear()
+            cache[block] = fam
+        name = fam.name
+        if name in names:
+            return Exposition(_families(body), text)
+        for suffix in _RESERVED[fam.type]:
+            if name + suffix in names:
+                return Exposition(_families(body), text)
+            names.add(name + suffix)
+        families.append(fam)
+    return Exposition(families, text)
+
+
+def _families(body: str) -> List[Family]:
+    """The line-by-line check of `body` (lines ending in a newline, no `# EOF`)."""
     families: List[Family] = []
     names: Set[str] = set()  # every family name and the sample names it reserves
     fam: Optional[Family] = None
@@ -225,7 +268,7 @@ def parse(text: str) -> Exposition:
     for f in families:
         if not f.type:
             raise ExpositionError(f"family {f.name} without # TYPE")
-    return Exposition(families, text)
+    return families
 
 
 def _check_value(typ: str, value: str, n: int) -> None:
