@@ -12,6 +12,7 @@ import vfs
 
 BLOCK_SIZE = 4096
 BLOCK_COUNT = 256  # 1 MiB, about the filesystem of a 2 MB Pico
+PROG_SIZE = 256  # as the rp2 port's _boot.py mounts its flash (littlefs caches: 1 KiB)
 
 _IOCTL_BLOCK_COUNT = 4
 _IOCTL_BLOCK_SIZE = 5
@@ -74,19 +75,20 @@ def open_image(path, block_count=BLOCK_COUNT):
 def mount(path, mountpoint, log=None):
     """Mount the image at `mountpoint`, formatting it when blank or unreadable.
 
-    Returns the block device. Like MicroPython's own `_boot.py` on the rp2 port, a
-    filesystem that does not mount is formatted; `log(message)` hears about it.
+    Returns the block device. Like MicroPython's own `_boot.py` on the rp2 port, with
+    its program size (256, which sets littlefs's caches), a filesystem that does not
+    mount is formatted; `log(message)` hears about it.
     """
     f, created = open_image(path)
     bdev = FileBlockDevice(f)
     if created:
-        vfs.VfsLfs2.mkfs(bdev)
+        vfs.VfsLfs2.mkfs(bdev, progsize=PROG_SIZE)
     try:
-        fs = vfs.VfsLfs2(bdev)
+        fs = vfs.VfsLfs2(bdev, progsize=PROG_SIZE)
     except OSError as e:
         if log is not None:
             log("flash image %s does not mount (%r): formatting" % (path, e))
-        vfs.VfsLfs2.mkfs(bdev)
-        fs = vfs.VfsLfs2(bdev)
+        vfs.VfsLfs2.mkfs(bdev, progsize=PROG_SIZE)
+        fs = vfs.VfsLfs2(bdev, progsize=PROG_SIZE)
     vfs.mount(fs, mountpoint)
     return bdev

@@ -179,7 +179,8 @@ class SimBootRom:
                         self._stage_fs(conn)
                 except _Protocol as e:
                     self._note(f"protocol error in stage {self.stage}: {e}", failure=True)
-                except UsbError as e:
+                except (UsbError, ConnectionResetError, BrokenPipeError) as e:
+                    # a killed host process resets the socket when it had unread data
                     self._note(f"host went away in stage {self.stage}: {e}", failure=True)
                 except OSError as e:
                     self._note(f"link error in stage {self.stage}: {e}", failure=True)
