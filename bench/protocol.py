@@ -58,12 +58,15 @@ while True:
 
 
 class Echo:
-    """A bare MicroPython echo loop on a PTY, opened through the host transport."""
+    """A bare MicroPython echo loop on a PTY, opened through the host transport.
 
-    def __init__(self, workdir: str) -> None:
-        script = os.path.join(workdir, "echo.py")
+    `source` replaces the echo loop by another bare script on the same kind of PTY
+    (bench/boot.py: a bulk writer)."""
+
+    def __init__(self, workdir: str, source: str = ECHO_LOOP, name: str = "echo.py") -> None:
+        script = os.path.join(workdir, name)
         with open(script, "w") as f:
-            f.write(ECHO_LOOP)
+            f.write(source)
         master, slave = os.openpty()
         tty.setraw(slave)
         os.set_blocking(master, False)  # as bmc-sim does for the firmware
