@@ -17,9 +17,8 @@ the render are counted too. Both are exposed for the *previous* render, as the
 current one is still running when they are written.
 """
 
-import gc
-
 from bmc import VERSION, auth, power
+from bmc.compat import mem_alloc, mem_free
 
 try:
     from micropython import mem_total as _mem_total  # type: ignore[attr-defined]
@@ -39,20 +38,6 @@ except TypeError:  # CPython
 
     def _as_bytes(s):  # type: ignore[no-redef]
         return s.encode()
-
-
-def _mem_alloc():
-    try:
-        return gc.mem_alloc()
-    except AttributeError:  # CPython
-        return 0
-
-
-def _mem_free():
-    try:
-        return gc.mem_free()
-    except AttributeError:  # CPython
-        return 0
 
 
 def escape(value):
@@ -92,7 +77,7 @@ class Out:
         self._flush = flush
         self.chunks = 0
         self.bytes = 0
-        self.peak = _mem_alloc()
+        self.peak = mem_alloc()
 
     # Hot methods keep few locals: a MicroPython call whose frame outgrows
     # 11 slots allocates it on the heap, on every call.
@@ -127,7 +112,7 @@ class Out:
             self.n = 0
 
     def sample_heap(self):
-        a = _mem_alloc()
+        a = mem_alloc()
         if a > self.peak:
             self.peak = a
 
@@ -245,8 +230,8 @@ class Renderer:
         out.family("bmc_reset_cause", "stateset", "Why the BMC last started")
         for c in RESET_CAUSES:
             out.sample("bmc_reset_cause", c == st.reset_cause, "bmc_reset_cause", c)
-        out.gauge("bmc_heap_free_bytes", "MicroPython heap free", _mem_free(), "bytes")
-        out.gauge("bmc_heap_allocated_bytes", "MicroPython heap allocated", _mem_alloc(), "bytes")
+        out.gauge("bmc_heap_free_bytes", "MicroPython heap free", mem_free(), "bytes")
+        out.gauge("bmc_heap_allocated_bytes", "MicroPython heap allocated", mem_alloc(), "bytes")
         ev = app.events
         out.family("bmc_events_dropped", "counter", "Event-log entries dropped, oldest first")
         out.sample("bmc_events_dropped_total", ev.dropped)
