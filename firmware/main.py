@@ -6,25 +6,21 @@ from bmc.board import rp2 as board_rp2
 
 
 def _run():
-    if board_rp2.usb_error is not None:
-        # No firmware link: stay at the REPL (boot.py kept it) so an admin can repair.
-        print("racklet-bmc not started:", board_rp2.usb_error)
+    if board_rp2.usb_mode() != "production":
+        # Maintenance mode, or the firmware's link could not be brought up: boot.py left
+        # the REPL on USB so an admin can work on the board; the firmware stays off.
+        print("racklet-bmc not started:", board_rp2.usb_error or "maintenance mode")
         return
     board = board_rp2.Board()
     try:
         import bmc.app
 
         bmc.app.main(board)
-    except KeyboardInterrupt:
-        # Ctrl-C from mpremote: only reachable in maintenance mode, where the REPL is on USB.
-        if board_rp2.usb_mode() != "maintenance":
-            board.reboot()
-        raise
-    except Exception as e:  # noqa: BLE001 - last resort: report, then restart clean
+    except BaseException as e:  # noqa: BLE001 - last resort: report, then restart clean
         sys.print_exception(e)
-        if board_rp2.usb_mode() != "maintenance":
-            time.sleep_ms(1000)
-            board.reboot()
+    # Production has no REPL to fall back to: restart (the SBC keeps running).
+    time.sleep_ms(1000)
+    board.reboot()
 
 
 _run()

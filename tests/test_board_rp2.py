@@ -19,13 +19,25 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+# The stand-ins take exactly the arguments the real API takes (MicroPython's rp2 port and
+# micropython-lib usb-device / usb-device-cdc), so a wrong name or a positional argument
+# where the real one is keyword-only fails here as it would on a board.
+
+
 class FakePin:
-    IN, OUT, OPEN_DRAIN = 0, 1, 2
+    # ports/rp2/machine_pin.c: Pin(id, mode=None, pull=None, *, value=None, alt=SIO);
+    # OPEN_DRAIN is emulated (0 drives low, 1 releases); pull None means no pull.
+    IN, OUT, OPEN_DRAIN, ALT = 0, 1, 2, 3
     PULL_UP, PULL_DOWN = 1, 2
     made: List[Tuple[Any, ...]] = []
 
-    def __init__(self, pin: int, mode: int = -1, pull: Any = None, value: Any = None) -> None:
-        FakePin.made.append((pin, mode, pull, value))
+    def __init__(
+        self, id: Any, mode: Any = None, pull: Any = None, *, value: Any = None, alt: int = -1
+    ) -> None:
+        if not (isinstance(id, int) and 0 <= id <= 29):
+            raise ValueError("invalid pin")
+        FakePin.made.append((id, mode, pull, value))
+        self.id = id
         self.level = value
         self.sets: List[int] = []
 
@@ -37,8 +49,19 @@ class FakePin:
         return None
 
 
+def _pin_id(p: Any) -> int:
+    if isinstance(p, FakePin):
+        return p.id
+    if isinstance(p, int):
+        return p
+    raise TypeError("pin expected")
+
+
 class FakeWDT:
-    def __init__(self, timeout: int) -> None:
+    # WDT(id=0, timeout=5000), keyword-only; rp2 refuses more than 8388 ms.
+    def __init__(self, *, id: int = 0, timeout: int = 5000) -> None:
+        if timeout > 8388:
+            raise ValueError("timeout exceeds 8388")
         self.timeout = timeout
         self.feeds = 0
 
@@ -46,12 +69,99 @@ class FakeWDT:
         self.feeds += 1
 
 
+class FakeADC:
+    # ADC(id): 0-3 (GP26-29) or 4 (temperature sensor), or a Pin 26-29.
+    def __init__(self, id: Any) -> None:
+        ch = _pin_id(id)
+        if not (0 <= ch <= 4 or 26 <= ch <= 29):
+            raise ValueError("invalid ADC channel")
+        self.channel = ch
+
+    def read_u16(self) -> int:
+        return 0x3000
+
+
+class FakeUART:
+    made: List[FakeUART] = []
+
+    # machine.UART on rp2: UART(id, baudrate=..., bits, parity, stop, tx=, rx=, cts=, rts=,
+    # timeout=, timeout_char=, invert=, flow=, txbuf=, rxbuf=)
+    def __init__(
+        self,
+        id: int,
+        baudrate: int = 115200,
+        bits: int = 8,
+        parity: Any = None,
+        stop: int = 1,
+        *,
+        tx: Any = None,
+        rx: Any = None,
+        cts: Any = None,
+        rts: Any = None,
+        timeout: int = 0,
+        timeout_char: int = 0,
+        invert: int = 0,
+        flow: int = 0,
+        txbuf: int = 256,
+        rxbuf: int = 256,
+    ) -> None:
+        if id not in (0, 1):
+            raise ValueError(f"UART({id}) doesn't exist")
+        self.id, self.baudrate, self.timeout, self.rxbuf = id, baudrate, timeout, rxbuf
+        self.tx, self.rx = _pin_id(tx), _pin_id(rx)
+        FakeUART.made.append(self)
+
+    def any(self) -> int:
+        return 0
+
+    def read(self, n: int = -1) -> Optional[bytes]:
+        return None
+
+    def readinto(self, buf: Any) -> Optional[int]:
+        return None
+
+    def write(self, b: Any) -> int:
+        return len(b)
+
+    def ioctl(self, req: int, arg: int) -> int:
+        return 0
+
+
+class FakeI2C:
+    # machine.I2C(id, *, scl, sda, freq=400000, timeout=50000)
+    def __init__(self, id: int, *, scl: Any, sda: Any, freq: int = 400000, timeout: int = 50000):
+        if id not in (0, 1):
+            raise ValueError(f"I2C({id}) doesn't exist")
+        self.id, self.scl, self.sda, self.freq = id, _pin_id(scl), _pin_id(sda), freq
+
+
 class FakeCDC:
-    def __init__(self, **kw: Any) -> None:
-        self.kw = kw
+    # usb/device/cdc.py: CDCInterface(**kwargs) passes them to
+    # init(baudrate=9600, bits=8, parity="N", stop=1, timeout=1000, txbuf=256, rxbuf=256,
+    # flow=0); write() returns how many bytes fitted in the buffer within `timeout`;
+    # readinto() returns None when nothing came; poll works through ioctl().
+    def __init__(self, **kwargs: Any) -> None:
         self.open = True
         self.accept = 10**9  # bytes the host takes
         self.sent = b""
+        self.init(**kwargs)
+
+    def init(
+        self,
+        baudrate: int = 9600,
+        bits: int = 8,
+        parity: str = "N",
+        stop: int = 1,
+        timeout: int = 1000,
+        txbuf: int = 256,
+        rxbuf: int = 256,
+        flow: int = 0,
+    ) -> None:
+        if flow != 0:
+            raise NotImplementedError
+        if not (txbuf and rxbuf >= 64):
+            raise ValueError
+        self.timeout, self.txbuf, self.rxbuf = timeout, txbuf, rxbuf
 
     def write(self, buf: Any) -> int:
         k = min(len(buf), self.accept)
@@ -59,24 +169,56 @@ class FakeCDC:
         self.accept -= k
         return k
 
-    def readinto(self, buf: Any) -> None:
+    def readinto(self, buf: Any) -> Optional[int]:
         return None
 
     def is_open(self) -> bool:
         return self.open
 
+    def ioctl(self, req: int, arg: int) -> int:
+        return 0
+
 
 class FakeUsbDevice:
+    # usb/device/core.py: get().init(*itfs, **kwargs) -> active(False); config(...);
+    # active(True), with config()'s keyword arguments.
     def __init__(self) -> None:
         self.inits: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
+        self.fail: Optional[Exception] = None
 
-    def init(self, *itfs: Any, **kw: Any) -> None:
-        self.inits.append((itfs, kw))
+    def init(self, *itfs: Any, **kwargs: Any) -> None:
+        self.config(*itfs, **kwargs)
+        self.inits.append((itfs, kwargs))
+
+    def config(
+        self,
+        *itfs: Any,
+        builtin_driver: Any = False,
+        manufacturer_str: Optional[str] = None,
+        product_str: Optional[str] = None,
+        serial_str: Optional[str] = None,
+        configuration_str: Optional[str] = None,
+        id_vendor: Optional[int] = None,
+        id_product: Optional[int] = None,
+        bcd_device: Optional[int] = None,
+        device_class: int = 0,
+        device_subclass: int = 0,
+        device_protocol: int = 0,
+        config_str: Optional[str] = None,
+        max_power_ma: Optional[int] = None,
+        remote_wakeup: bool = False,
+    ) -> None:
+        if self.fail is not None and itfs:
+            raise self.fail
 
 
 class FakePoll:
-    def register(self, obj: Any, mask: int = 0) -> None:
-        pass
+    registered: List[Any] = []
+
+    def register(self, obj: Any, eventmask: int = 5) -> None:
+        if not hasattr(obj, "ioctl"):
+            raise TypeError("object with stream.ioctl required")
+        FakePoll.registered.append(obj)
 
     def unregister(self, obj: Any) -> None:
         pass
@@ -89,11 +231,17 @@ class FakePoll:
 def hw(monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, Any]]:
     """Stand-in modules; yields them and a fresh `bmc.board.rp2`."""
     FakePin.made = []
+    FakeUART.made = []
+    FakePoll.registered = []
     mem: Dict[int, int] = collections.defaultdict(int)  # RAM registers read 0 at power-on
-    state: Dict[str, Any] = {"cause": 1, "bootsel": 0, "resets": 0}
+    state: Dict[str, Any] = {"cause": 1, "bootsel": [0], "resets": 0, "ticks": 300}
     machine = types.ModuleType("machine")
     machine.Pin = FakePin  # type: ignore[attr-defined]
     machine.WDT = FakeWDT  # type: ignore[attr-defined]
+    machine.ADC = FakeADC  # type: ignore[attr-defined]
+    machine.UART = FakeUART  # type: ignore[attr-defined]
+    machine.I2C = FakeI2C  # type: ignore[attr-defined]
+    # ports/rp2/modmachine.c: only these two causes exist on rp2.
     machine.PWRON_RESET, machine.WDT_RESET = 1, 3  # type: ignore[attr-defined]
     machine.mem32 = mem  # type: ignore[attr-defined]
     machine.unique_id = lambda: bytes.fromhex("e66118604b3a2c21")  # type: ignore[attr-defined]
@@ -104,8 +252,13 @@ def hw(monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, Any]]:
         state["resets"] += 1
 
     machine.reset = reset  # type: ignore[attr-defined]
+
+    def bootsel_button() -> int:
+        seq = state["bootsel"]  # one reading per call; the last one repeats
+        return int(seq.pop(0) if len(seq) > 1 else seq[0])
+
     rp2 = types.ModuleType("rp2")
-    rp2.bootsel_button = lambda: state["bootsel"]  # type: ignore[attr-defined]
+    rp2.bootsel_button = bootsel_button  # type: ignore[attr-defined]
     usb_dev = FakeUsbDevice()
     usb = types.ModuleType("usb")
     usb_device = types.ModuleType("usb.device")
@@ -128,6 +281,9 @@ def hw(monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, Any]]:
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.delitem(sys.modules, "bmc.board.rp2", raising=False)
     board_rp2 = importlib.import_module("bmc.board.rp2")
+    # The timer: ticks_ms() as boot.py sees it; the BOOTSEL window is short in tests.
+    monkeypatch.setattr(board_rp2, "ticks_ms", lambda: state["ticks"])
+    monkeypatch.setattr(board_rp2, "BOOTSEL_WINDOW_MS", 0)
     yield {"rp2": board_rp2, "mem": mem, "state": state, "usb": usb_dev}
     sys.modules.pop("bmc.board.rp2", None)
     import bmc.board
@@ -144,6 +300,20 @@ def test_outputs_get_their_level_when_created(hw: Dict[str, Any]) -> None:
     assert FakePin.made[-1] == (2, FakePin.OUT, None, 0)
     board.input(3, "up")
     assert FakePin.made[-1][:3] == (3, FakePin.IN, FakePin.PULL_UP)
+    board.input(5, None)
+    assert FakePin.made[-1][:3] == (5, FakePin.IN, None)  # None: no pull on rp2
+
+
+def test_adc_uart_and_i2c_are_made_as_the_rp2_port_takes_them(hw: Dict[str, Any]) -> None:
+    hw["rp2"].start_usb(False)
+    board = hw["rp2"].Board()
+    assert board.adc(4).read_u16() == 0x3000  # the die sensor
+    u = board.uart(0, 0, 1, 115200)
+    assert (u.id, u.tx, u.rx, u.baudrate, u.timeout) == (0, 0, 1, 115200, 0)  # non-blocking
+    assert u.readinto(bytearray(8)) is None and u.any() == 0
+    assert u in FakePoll.registered  # the console wakes board.wait()
+    i2c = board.i2c(0, 20, 21, 100000)
+    assert (i2c.id, i2c.sda, i2c.scl, i2c.freq) == (0, 20, 21, 100000)
 
 
 def test_watchdog_is_clamped_to_the_rp2040_limit(hw: Dict[str, Any]) -> None:
@@ -171,15 +341,20 @@ def test_production_mode_has_only_the_firmware_interface(hw: Dict[str, Any]) -> 
     assert rp2.start_usb(False) == "production"
     (itfs, kw) = hw["usb"].inits[-1]
     assert len(itfs) == 1 and isinstance(itfs[0], FakeCDC)
+    assert itfs[0].timeout == 0  # reads and writes never block the main loop
     assert kw["builtin_driver"] is False
     assert kw["serial_str"] == "E66118604B3A2C21"
     assert kw["manufacturer_str"] == "Racklet" and "Racklet" in kw["product_str"]
-    assert rp2.Board().link is not None
+    assert (kw["id_vendor"], kw["id_product"]) == (0x2E8A, 0x0005)
+    board = rp2.Board()
+    assert board.link is not None and itfs[0] in FakePoll.registered
 
 
-def test_maintenance_mode_keeps_the_repl(hw: Dict[str, Any]) -> None:
+def test_maintenance_mode_leaves_usb_to_the_repl(hw: Dict[str, Any]) -> None:
+    # No runtime device: a soft reset (mpremote) would tear it down and drop the port.
     assert hw["rp2"].start_usb(True) == "maintenance"
-    assert hw["usb"].inits[-1][1]["builtin_driver"] is True
+    assert hw["usb"].inits == []
+    assert hw["rp2"].Board().link is None
 
 
 def test_link_write_gives_up_on_a_host_that_does_not_read(hw: Dict[str, Any]) -> None:
@@ -192,15 +367,10 @@ def test_link_write_gives_up_on_a_host_that_does_not_read(hw: Dict[str, Any]) ->
     assert link.write(b"0123456789") == 5  # a short count, at once
     cdc.accept = 100
     assert link.write(b"abc") == 3
+    assert link.readinto(bytearray(4)) is None  # nothing came: no wait
 
 
-@pytest.mark.parametrize(
-    ("bootsel", "flag", "mode"),
-    [(0, False, "production"), (1, False, "maintenance"), (0, True, "maintenance")],
-)
-def test_boot_py_chooses_the_mode(
-    hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, bootsel: int, flag: bool, mode: str
-) -> None:
+def run_boot_py(hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, flag: bool) -> List[str]:
     from bmc import maintenance
 
     consumed: List[str] = []
@@ -210,11 +380,64 @@ def test_boot_py_chooses_the_mode(
         return flag
 
     monkeypatch.setattr(maintenance, "consume", consume)
-    hw["state"]["bootsel"] = bootsel
+    hw["rp2"]._mode = None
+    hw["usb"].inits.clear()
     exec(compile((ROOT / "firmware" / "boot.py").read_text(), "boot.py", "exec"), {})
+    return consumed
+
+
+@pytest.mark.parametrize(
+    ("bootsel", "flag", "mode"),
+    [(0, False, "production"), (1, False, "maintenance"), (0, True, "maintenance")],
+)
+def test_boot_py_chooses_the_mode(
+    hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, bootsel: int, flag: bool, mode: str
+) -> None:
+    hw["state"]["bootsel"] = [bootsel]
+    consumed = run_boot_py(hw, monkeypatch, flag)
     assert hw["rp2"].usb_mode() == mode
     assert consumed == [""]  # the one-shot flag is always consumed at boot
-    assert hw["usb"].inits[-1][1]["builtin_driver"] is (mode == "maintenance")
+    assert bool(hw["usb"].inits) is (mode == "production")
+
+
+def test_bootsel_pressed_just_after_the_reset_counts(
+    hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Held during the reset, the boot ROM would have started its USB bootloader; the
+    # press comes after boot.py started, within the window.
+    rp2, state = hw["rp2"], hw["state"]
+    clock = iter(range(300, 10**6, 10))
+    monkeypatch.setattr(rp2, "ticks_ms", lambda: next(clock))
+    monkeypatch.setattr(rp2, "BOOTSEL_WINDOW_MS", 100)
+    state["bootsel"] = [0, 0, 0, 1]
+    run_boot_py(hw, monkeypatch, False)
+    assert rp2.usb_mode() == "maintenance"
+    clock = iter(range(300, 10**6, 10))
+    state["bootsel"] = [0] * 30 + [1]  # too late: after the window
+    hw["mem"].clear()
+    run_boot_py(hw, monkeypatch, False)
+    assert rp2.usb_mode() == "production"
+
+
+def test_maintenance_lasts_across_soft_resets_until_a_hard_reset(
+    hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rp2, state = hw["rp2"], hw["state"]
+    state["ticks"] = 300  # boot.py after a hard reset
+    run_boot_py(hw, monkeypatch, True)  # `bmcctl maintenance` left the flag
+    assert rp2.usb_mode() == "maintenance"
+    for t in (4000, 9000):  # mpremote connects: a soft reset each time, timer running on
+        state["ticks"] = t
+        run_boot_py(hw, monkeypatch, False)
+        assert rp2.usb_mode() == "maintenance" and hw["usb"].inits == []
+    # `mpremote reset` (machine.reset(), a watchdog reset): the timer starts again.
+    state["ticks"], state["cause"] = 310, 3
+    run_boot_py(hw, monkeypatch, False)
+    assert rp2.usb_mode() == "production"
+    assert rp2.Board().reset_cause() == "soft"  # asked for, not a hung firmware
+    state["ticks"] = 20000  # and a later soft reset does not bring maintenance back
+    run_boot_py(hw, monkeypatch, False)
+    assert rp2.usb_mode() == "production"
 
 
 def test_without_usb_device_cdc_the_repl_stays_and_says_why(
@@ -225,3 +448,46 @@ def test_without_usb_device_cdc_the_repl_stays_and_says_why(
     assert rp2.start_usb(False) == "maintenance"
     assert "usb-device-cdc" in rp2.usb_error
     assert hw["usb"].inits == []
+
+
+def test_micropython_without_runtime_usb_keeps_the_repl(hw: Dict[str, Any]) -> None:
+    # MicroPython before 1.23 has no machine.USBDevice: usb.device.get() fails.
+    hw["usb"].fail = AttributeError("'module' object has no attribute 'USBDevice'")
+    rp2 = hw["rp2"]
+    assert rp2.start_usb(False) == "maintenance"
+    assert "1.23" in rp2.usb_error
+    assert hw["usb"].inits[-1][1] == {"builtin_driver": True}  # the REPL back
+
+
+def run_main_py(monkeypatch: pytest.MonkeyPatch, app_main: Any) -> None:
+    app = types.ModuleType("bmc.app")
+    app.main = app_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bmc.app", app)
+    import bmc
+
+    monkeypatch.setattr(bmc, "app", app, raising=False)
+    monkeypatch.setattr(sys, "print_exception", lambda e: None, raising=False)
+    import time
+
+    monkeypatch.setattr(time, "sleep_ms", lambda ms: None, raising=False)
+    exec(compile((ROOT / "firmware" / "main.py").read_text(), "main.py", "exec"), {})
+
+
+def test_main_py_runs_the_firmware_only_in_production(
+    hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rp2, state = hw["rp2"], hw["state"]
+    runs: List[Any] = []
+    rp2.start_usb(True)
+    run_main_py(monkeypatch, runs.append)
+    assert runs == [] and "maintenance mode" in capsys.readouterr().out
+    assert state["resets"] == 0  # the REPL stays for mpremote
+
+    def crash(board: Any) -> None:
+        runs.append(board)
+        raise RuntimeError("boom")
+
+    rp2.start_usb(False)
+    run_main_py(monkeypatch, crash)
+    assert len(runs) == 1 and runs[0].link is not None
+    assert state["resets"] == 1  # no REPL in production: a crash restarts the BMC

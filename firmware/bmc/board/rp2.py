@@ -1,9 +1,25 @@
 """The real board: an RP2040 running MicroPython (see `bmc.board` for the interface).
 
-USB: `start_usb(maintenance)` (called once from boot.py) brings up the firmware's own CDC
-interface with micropython-lib `usb-device-cdc`. In production mode the built-in
-USB-CDC (the REPL) is removed from the bus (`builtin_driver=False`); in maintenance mode it
-stays beside the firmware's interface. `Board().link` is that CDC interface.
+Needs MicroPython 1.23 or newer (`machine.USBDevice`) and micropython-lib
+`usb-device-cdc` (`mpremote mip install usb-device-cdc`; `make deploy` installs it).
+
+Start-up (boot.py): `maintenance_at_boot(flagged)` picks the mode, `start_usb(maintenance)`
+brings up USB for it:
+
+- production: the firmware's own CDC interface only (`usb.device.get().init(cdc,
+  builtin_driver=False, ...)`), so the built-in USB-CDC with the REPL is not on the bus.
+  `Board().link` is that interface; main.py runs the firmware.
+- maintenance: no runtime USB device at all, only MicroPython's built-in USB-CDC with the
+  REPL, for mpremote; main.py does not start the firmware. A runtime device would be torn
+  down (the port drops off the bus) by every soft reset, and mpremote soft-resets the board
+  each time it connects, so maintenance leaves USB alone. It lasts across soft resets and
+  ends at the next hard reset (power, RUN, `machine.reset()`): the session is kept in
+  watchdog scratch registers, which survive both, and a soft reset is told from a hard
+  one by the microsecond timer, which only a hard reset restarts.
+
+BOOTSEL is read by boot.py during `BOOTSEL_WINDOW_MS` after start-up: press it just
+after the reset, not during it (held while the RP2040 comes out of reset, the boot ROM
+starts its own USB bootloader and MicroPython does not run).
 """
 
 import binascii
@@ -17,11 +33,22 @@ from bmc.board import LINK_WRITE_TIMEOUT_MS, clamp_wdt
 from bmc.clock import Clock
 from bmc.compat import const, ticks_diff, ticks_ms
 
-# RP2040 watchdog scratch register 0: survives a watchdog reset, cleared at power-on.
-# `reboot()` leaves a mark there so the next boot can tell a requested reset
-# (machine.reset() is itself a watchdog reset on the rp2 port) from a starved watchdog.
+# RP2040 watchdog scratch registers (WATCHDOG_BASE 0x40058000, SCRATCH0 at +0x0C): they
+# survive a watchdog reset (machine.reset() is one on the rp2 port) and soft resets, and
+# are cleared at power-on and by the RUN pin. SCRATCH4..7 belong to the SDK/boot ROM.
+# SCRATCH0: `reboot()` leaves a mark there so the next boot can tell a requested reset
+# from a starved watchdog (machine.reset_cause() on rp2 knows only PWRON and WDT).
 _SCRATCH0 = const(0x40058000 + 0x0C)
 _SOFT_MARK = const(0x52424D43)  # "RBMC"
+# SCRATCH1/2: a maintenance session (mark, ticks_ms when its hard boot ran boot.py).
+_SCRATCH1 = const(0x40058000 + 0x10)
+_SCRATCH2 = const(0x40058000 + 0x14)
+_MAINT_MARK = const(0x524D4E54)  # "RMNT"
+# boot.py runs at the same time after every hard reset; a soft reset (mpremote) comes
+# at least this much later in the same session (USB enumeration, opening the port).
+_SOFT_RESET_MIN_MS = const(1000)
+
+BOOTSEL_WINDOW_MS = 1500  # how long boot.py watches BOOTSEL after a hard reset
 
 _CDC_BUF = const(1024)
 
@@ -30,14 +57,53 @@ _mode = None  # "production", "maintenance", or None before start_usb()
 usb_error = None  # why the runtime CDC could not be brought up
 
 
-def start_usb(maintenance):
-    """Bring up the firmware's CDC interface; keep the REPL only in maintenance mode.
+def bootsel_pressed_within(window_ms):
+    """True as soon as BOOTSEL is pressed, False when `window_ms` passed without."""
+    clock = Clock()
+    start = ticks_ms()
+    while True:
+        if rp2.bootsel_button() == 1:
+            return True
+        if ticks_diff(ticks_ms(), start) >= window_ms:
+            return False
+        clock.sleep_ms(10)
 
-    Returns the mode. When usb-device-cdc is missing (a board deployed without
-    `make deploy`) the built-in REPL stays so an admin can repair it, `usb_error`
-    says why, and main.py does not start the firmware.
+
+def maintenance_at_boot(flagged):
+    """Whether this start runs in maintenance mode (called once, by boot.py).
+
+    A soft reset inside a maintenance session stays in it. After a hard reset the
+    session is over (a watchdog reset that ends one was `machine.reset()` at the REPL,
+    so it is reported as a requested reset); a new one starts when an admin left the
+    one-shot flag (`flagged`) or BOOTSEL is pressed within `BOOTSEL_WINDOW_MS`.
+    """
+    now = ticks_ms()
+    mem = machine.mem32
+    if mem[_SCRATCH1] == _MAINT_MARK:
+        if ticks_diff(now, mem[_SCRATCH2]) >= _SOFT_RESET_MIN_MS:
+            return True
+        mem[_SCRATCH1] = 0
+        if machine.reset_cause() == machine.WDT_RESET:
+            mem[_SCRATCH0] = _SOFT_MARK
+    if flagged or bootsel_pressed_within(BOOTSEL_WINDOW_MS):
+        mem[_SCRATCH2] = now
+        mem[_SCRATCH1] = _MAINT_MARK
+        return True
+    return False
+
+
+def start_usb(maintenance):
+    """Bring up USB for the mode: the firmware's CDC only, or the built-in REPL only.
+
+    Returns the mode. When the firmware's interface cannot be brought up
+    (usb-device-cdc missing, MicroPython older than 1.23) the built-in REPL stays so
+    an admin can repair the board, `usb_error` says why, and main.py does not start
+    the firmware.
     """
     global _cdc, _mode, usb_error
+    if maintenance:
+        _mode = "maintenance"
+        return _mode
     try:
         import usb.device
         from usb.device.cdc import CDCInterface
@@ -45,18 +111,30 @@ def start_usb(maintenance):
         usb_error = "usb-device-cdc not installed (%s)" % e
         _mode = "maintenance"
         return _mode
-    cdc = CDCInterface(timeout=0, txbuf=_CDC_BUF, rxbuf=_CDC_BUF)
-    usb.device.get().init(
-        cdc,
-        builtin_driver=bool(maintenance),
-        manufacturer_str=usbid.MANUFACTURER,
-        product_str=usbid.PRODUCT,
-        serial_str=serial(),
-        id_vendor=usbid.VID,
-        id_product=usbid.PID,
-    )
+    dev = None
+    try:
+        cdc = CDCInterface(timeout=0, txbuf=_CDC_BUF, rxbuf=_CDC_BUF)
+        dev = usb.device.get()
+        dev.init(
+            cdc,
+            builtin_driver=False,
+            manufacturer_str=usbid.MANUFACTURER,
+            product_str=usbid.PRODUCT,
+            serial_str=serial(),
+            id_vendor=usbid.VID,
+            id_product=usbid.PID,
+        )
+    except Exception as e:  # noqa: BLE001 - any failure: keep the REPL for repair
+        usb_error = "runtime USB failed (%r); MicroPython 1.23+ needed" % (e,)
+        _mode = "maintenance"
+        if dev is not None:
+            try:
+                dev.init(builtin_driver=True)  # the REPL back if init() got half way
+            except Exception:  # noqa: BLE001, S110 - nothing more to try
+                pass
+        return _mode
     _cdc = cdc
-    _mode = "maintenance" if maintenance else "production"
+    _mode = "production"
     return _mode
 
 
@@ -66,10 +144,6 @@ def usb_mode():
 
 def serial():
     return binascii.hexlify(machine.unique_id()).decode().upper()
-
-
-def bootsel_held():
-    return rp2.bootsel_button() == 1
 
 
 class _Link:
@@ -171,7 +245,7 @@ class Board:
 
     # -- identity, presence, resets -----------------------------------------
     def bootsel(self):
-        return bootsel_held()
+        return rp2.bootsel_button() == 1
 
     def unique_id(self):
         return machine.unique_id()
