@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     kv.add_argument("key_id", metavar="KEY_ID")
     targets(kv)
     targets(ksub.add_parser("list", help="key ids and roles (never the keys)"))
-    targets(cmd("maintenance", "reboot into maintenance mode (REPL) once"))
+    targets(
+        cmd("maintenance", "reboot into maintenance mode: REPL, firmware off, until a hard reset")
+    )
     targets(cmd("factory-reset", "forget keys and settings (BOOTSEL held)"))
     cli_boot.add_parsers(sub, targets)
     return p
@@ -617,7 +619,9 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         c.wait_gone(min(args.timeout, 5.0))
         return {**data, "next": "REPL on this port after the reboot; use mpremote"}
 
-    return simple(args, action, confirm_what="maintenance mode (REPL until the next reset)")
+    return simple(
+        args, action, confirm_what="maintenance mode (REPL and firmware off until a hard reset)"
+    )
 
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
