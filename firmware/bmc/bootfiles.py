@@ -32,7 +32,7 @@ import binascii
 import os
 
 from bmc import errors, ondemand
-from bmc.compat import const
+from bmc.compat import const, mem_alloc
 
 MAX_FILES = const(12)  # files in the manifest, generated ones not counted
 NAME_MAX = const(64)
@@ -147,7 +147,54 @@ class BootFiles:
         return self._serve("manifest")
 
     def stream(self, name, gen, sha, req):
+        # A stored ("bmc") file the manifest lists as asked is served by resident code:
+        # a USB boot reads one file after another, and loading bmc.bootserve for each
+        # (and collecting it after) costs more than the transfer. Everything else
+        # (generated or host files, any refusal) is bmc.bootserve's.
+        if (gen is None or gen == self.rec["gen"]) and name != CMDLINE:
+            for f in self.rec["files"]:
+                if f[0] == name:
+                    if f[3] == "bmc" and (sha is None or sha == f[2]):
+                        check_name(name)
+                        return self.send_stored(f, req, mem_alloc())
+                    break
         return self._serve("stream", name, gen, sha, req)
+
+    def send_stored(self, e, req, peak):
+        """Send the stored file of manifest entry `e` as chunks (see bootserve.stream)."""
+        try:
+            fh = open(self.dir + "/" + e[2], "rb")
+        except OSError:
+            raise errors.CmdError(errors.STORAGE, "%s is missing from the flash" % e[0])
+        view = req.chunk_view()
+        send = req.chunk_prepared
+        readinto = fh.readinto
+        sent = 0
+        try:
+            peak = max(peak, mem_alloc())
+            k = 0
+            while True:
+                n = readinto(view)
+                if not n:
+                    break
+                send(n)
+                sent += n
+                k += 1
+                if k & 7 == 0:
+                    peak = max(peak, mem_alloc())
+        finally:
+            fh.close()
+        return self.streamed(e, sent, peak)
+
+    def streamed(self, e, sent, peak):
+        """Bookkeeping after a stream of entry `e`: heap high-water, counters, size check."""
+        self.heap_peak = max(peak, mem_alloc())
+        self.counters["bytes_streamed"] += sent
+        if sent != e[1]:
+            raise errors.CmdError(
+                errors.STORAGE, "%s on flash is %d bytes, manifest says %d" % (e[0], sent, e[1])
+            )
+        return {"name": e[0], "size": sent, "sha256": e[2]}
 
     def report(self, event, name, sha, gen, detail):
         return self._serve("report", event, name, sha, gen, detail)

@@ -100,53 +100,31 @@ def stream(bf, name, gen, sha, req):
     The heap's high-water mark while streaming (bytes allocated, garbage not yet
     collected included) is kept in `bf.heap_peak` for boot-status: sampled once
     the file is open, every 8th chunk (mem_alloc() scans the heap's block
-    table, so not on every chunk) and at the end.
+    table, so not on every chunk) and at the end. Stored files go out through
+    the resident `BootFiles.send_stored`, which `BootFiles.stream` calls itself
+    when the request is plainly good.
     """
     check_name(name)
     e = _vouch(bf, name, gen, sha)
-    view = req.chunk_view()
-    room = len(view)
-    sent = 0
     peak = mem_alloc()
-    if e[3] == "gen":
-        for g in _generated(bf):
-            if g[0] == name:
-                data = memoryview(g[1])
-                while sent < len(data):
-                    n = min(room, len(data) - sent)
-                    view[:n] = data[sent : sent + n]
-                    req.chunk_prepared(n)
-                    sent += n
-    elif e[3] == "bmc":
-        try:
-            fh = open(bf.dir + "/" + e[2], "rb")
-        except OSError:
-            raise errors.CmdError(errors.STORAGE, "%s is missing from the flash" % name)
-        try:
-            peak = max(peak, mem_alloc())
-            k = 0
-            while True:
-                n = fh.readinto(view)
-                if not n:
-                    break
-                req.chunk_prepared(n)
-                sent += n
-                k += 1
-                if k & 7 == 0:
-                    peak = max(peak, mem_alloc())
-        finally:
-            fh.close()
-    else:
+    if e[3] == "bmc":
+        return bf.send_stored(e, req, peak)
+    if e[3] != "gen":
         raise errors.CmdError(
             errors.NOT_FOUND, "%s is served from the host cache, not the BMC" % name
         )
-    bf.heap_peak = max(peak, mem_alloc())
-    bf.counters["bytes_streamed"] += sent
-    if sent != e[1]:
-        raise errors.CmdError(
-            errors.STORAGE, "%s on flash is %d bytes, manifest says %d" % (name, sent, e[1])
-        )
-    return {"name": name, "size": sent, "sha256": e[2]}
+    view = req.chunk_view()
+    room = len(view)
+    sent = 0
+    for g in _generated(bf):
+        if g[0] == name:
+            data = memoryview(g[1])
+            while sent < len(data):
+                n = min(room, len(data) - sent)
+                view[:n] = data[sent : sent + n]
+                req.chunk_prepared(n)
+                sent += n
+    return bf.streamed(e, sent, peak)
 
 
 def report(bf, event, name, sha, gen, detail):

@@ -1,10 +1,10 @@
-"""Boot manifest, boot files and USB boot commands, loaded per request: see bmc.bootfiles.
+"""Boot manifest, boot files and USB boot commands, loaded per request: see bmc.bootfiles
+(boot-file-read, the stream, is resident: bmc.cmd_core).
 
 | command | role | args |
 | boot-manifest-get | public | |
 | boot-manifest-set | admin | files [{name, size, sha256, src}], expect |
 | boot-file-put | admin | sha256, size, offset, data (base64), chunk_sha256 |
-| boot-file-read | operator | name, gen, sha256 -> chunks of the file |
 | boot-usb | operator | timeout_ms |
 | boot-report | operator | event, name, sha256, gen, detail |
 | boot-status | public | |
@@ -37,14 +37,6 @@ def file_put(app, req):
         arg(a, "offset", int, required=True),
         arg(a, "data", str, required=True),
         arg(a, "chunk_sha256", str, required=True),
-    )
-
-
-def file_read(app, req):
-    bf = app.bootfiles
-    a = req.args
-    return bf.stream(
-        arg(a, "name", str, required=True), arg(a, "gen", int), arg(a, "sha256", str), req
     )
 
 

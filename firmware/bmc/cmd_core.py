@@ -1,5 +1,6 @@
 """The hot commands, resident: hello, nonce, status, power, reset, bmc-reboot,
-identify. The others are loaded per request (see bmc.commands)."""
+identify, boot-file-read (a USB boot reads file after file; the stream itself is
+`BootFiles.stream`). The others are loaded per request (see bmc.commands)."""
 
 from bmc import VERSION, codec, errors
 from bmc.dispatch import OPERATOR, PUBLIC, arg
@@ -57,6 +58,12 @@ def register(app):
         app.indicators.identify(seconds * 1000)
         return {"seconds": seconds}
 
+    def boot_file_read(req):
+        a = req.args
+        return app.bootfiles.stream(
+            arg(a, "name", str, required=True), arg(a, "gen", int), arg(a, "sha256", str), req
+        )
+
     d.register("hello", PUBLIC, hello)
     d.register("nonce", PUBLIC, nonce)
     d.register("status", PUBLIC, status)
@@ -64,3 +71,4 @@ def register(app):
     d.register("reset", OPERATOR, reset)
     d.register("bmc-reboot", OPERATOR, bmc_reboot)
     d.register("identify", OPERATOR, identify)
+    d.register("boot-file-read", OPERATOR, boot_file_read)

@@ -43,6 +43,9 @@ def register(app):
                 state[k] = getattr(r, k)
             return {"bytes": n, "chunks": out.chunks}
         finally:
+            # No stale reference to the renderer or its modules left in this frame
+            # (the collector scans the stack conservatively).
+            metrics = sensors = sens = r = out = None
             ondemand.drop("metrics")
             ondemand.drop("sensors")
 

@@ -62,7 +62,8 @@ class FrameReader:
     def space(self):
         """Writable view for `stream.readinto`; call `added(k)` afterwards."""
         self._compact()
-        return self.mv[self.n :]
+        n = self.n
+        return self.mv[n:] if n else self.mv  # the usual case (empty) allocates nothing
 
     def added(self, k, now=0):
         if k:
@@ -311,7 +312,12 @@ def _quote(s):
     CPython escapes non-ASCII, MicroPython does not).
 
     Unescaped runs are sliced whole: a long argument (a base64 upload chunk)
-    costs one copy, not a list entry per character."""
+    costs one copy, not a list entry per character. A string that json.dumps
+    (C) leaves as it is holds nothing to escape ('"', '\\', controls are always
+    escaped there), so the loop runs only for strings that need it."""
+    q = '"' + s + '"'
+    if json.dumps(s) == q:
+        return q
     out = None
     start = 0
     i = 0

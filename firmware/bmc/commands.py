@@ -1,9 +1,9 @@
 """The command table: which module answers which command, with the role it needs.
 
 Loaded once at start by `bmc.app` and dropped after. The hot commands (hello,
-nonce, status, power, reset, bmc-reboot, identify, metrics) stay resident
-(`bmc.cmd_core`, `bmc.cmd_metrics`); every other command's module is imported
-for its request and dropped after it (`Dispatcher.register_lazy`), so the code
+nonce, status, power, reset, bmc-reboot, identify, boot-file-read, metrics) stay
+resident (`bmc.cmd_core`, `bmc.cmd_metrics`); every other command's module is
+imported for its request and dropped after it (`Dispatcher.register_lazy`), so the code
 of rarely used commands costs RAM only while it runs.
 """
 
@@ -28,7 +28,6 @@ LAZY = (
     ("boot-manifest-get", PUBLIC, "cmd_boot", "manifest_get"),
     ("boot-manifest-set", ADMIN, "cmd_boot", "manifest_set"),
     ("boot-file-put", ADMIN, "cmd_boot", "file_put"),
-    ("boot-file-read", OPERATOR, "cmd_boot", "file_read"),
     ("boot-usb", OPERATOR, "cmd_boot", "usb"),
     ("boot-report", OPERATOR, "cmd_boot", "report"),
     ("boot-status", PUBLIC, "cmd_boot", "status"),
