@@ -390,13 +390,19 @@ class Board:
         deadline = ticks_add(ticks_ms(), timeout_ms)
         while True:
             hup = False
+            ready = False
+            # Take in every ready source before returning: wire levels (BOOTSEL, power-good)
+            # that arrived with a request must be seen by that request.
             for obj, ev in self._poll.ipoll(timeout_ms):
                 if obj is self._sock:
                     self._read_wires()
-                    return
-                if ev & _POLLIN:
-                    return
-                hup = True
+                    ready = True
+                elif ev & _POLLIN:
+                    ready = True
+                else:
+                    hup = True
+            if ready:
+                return
             timeout_ms = ticks_diff(deadline, ticks_ms())
             if hup:
                 # Nothing holds the other end of the PTY: wait on the wires alone.
