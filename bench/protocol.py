@@ -6,7 +6,8 @@ way (non-blocking master as the process's stdin/stdout, raw slave opened by the
 host's transport). Measured, interleaved so both see the same machine load:
 
 - an unauthenticated `status`: the request frame written, the response frame read;
-- an authenticated power action, the whole operation: `nonce`, the MAC, the request,
+- an authenticated power action, the whole operation as the client does it: the nonce
+  (from the previous signed reply while young, else a `nonce` round trip), the MAC, the request,
   the response (alternating `On` and `ForceOff`, each accepted by the BMC);
 - the echo of the same request bytes through the echo loop.
 
@@ -303,7 +304,9 @@ def run() -> None:
     for msg, n in sorted(res["errors"].items()):
         print(f"firmware errors during power actions (retried, not timed): {n} x {msg}")
     print(
-        "The authenticated action is the whole operation: nonce round trip, MAC, request,\n"
-        "response; its ratio is against one echo of the power request frame. 'auth\n"
-        "identify' is the same for a signed command that changes no stored state."
+        "The authenticated action is the whole operation as BmcClient does it: the nonce\n"
+        "(carried by the previous signed reply while young, else a nonce round trip), the\n"
+        "MAC, the request, the response; its ratio is against one echo of the power\n"
+        "request frame. 'auth identify' is the same for a signed command that changes no\n"
+        "stored state."
     )
