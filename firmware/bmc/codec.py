@@ -36,7 +36,7 @@ KIND_RESPONSE = const(2)
 KIND_CHUNK = const(3)
 
 _MAGIC = b"\xb5"
-_MAC_DOMAIN = b"racklet-bmc-v1\n"
+_MAC_DOMAIN = "racklet-bmc-v1\n"
 
 
 class FrameReader:
@@ -291,20 +291,38 @@ def loads(payload):
 
 def canon(value):
     """Canonical JSON text (sorted keys, no spaces): what a MAC covers."""
-    if isinstance(value, dict):
-        parts = []
+    out = []
+    _canon(value, out)
+    return "".join(out)
+
+
+def _canon(value, out):
+    # Pieces go to one list joined once, and the type tests build no tuples: a
+    # signed request's arguments are canonicalised on every request.
+    if isinstance(value, str):
+        out.append(_quote(value))
+    elif value is None or value is True or value is False or isinstance(value, int):
+        out.append(json.dumps(value))
+    elif isinstance(value, dict):
+        sep = "{"
         for k in sorted(value):
             if not isinstance(k, str):
                 raise ValueError("object keys must be strings")
-            parts.append(_quote(k) + ":" + canon(value[k]))
-        return "{" + ",".join(parts) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join([canon(v) for v in value]) + "]"
-    if isinstance(value, str):
-        return _quote(value)
-    if value is None or isinstance(value, (bool, int)):
-        return json.dumps(value)
-    raise ValueError("unsupported value in arguments")
+            out.append(sep)
+            out.append(_quote(k))
+            out.append(":")
+            _canon(value[k], out)
+            sep = ","
+        out.append("{}" if sep == "{" else "}")
+    elif isinstance(value, list) or isinstance(value, tuple):
+        sep = "["
+        for v in value:
+            out.append(sep)
+            _canon(v, out)
+            sep = ","
+        out.append("[]" if sep == "[" else "]")
+    else:
+        raise ValueError("unsupported value in arguments")
 
 
 def _quote(s):
@@ -313,10 +331,11 @@ def _quote(s):
 
     Unescaped runs are sliced whole: a long argument (a base64 upload chunk)
     costs one copy, not a list entry per character. A string that json.dumps
-    (C) leaves as it is holds nothing to escape ('"', '\\', controls are always
-    escaped there), so the loop runs only for strings that need it."""
-    q = '"' + s + '"'
-    if json.dumps(s) == q:
+    (C) returns only quoted holds nothing to escape ('"', '\\', controls are
+    always escaped there, each into more than one character), so the loop runs
+    only for strings that need it."""
+    q = json.dumps(s)
+    if len(q) == len(s) + 2:  # nothing escaped: exactly '"' + s + '"'
         return q
     out = None
     start = 0
@@ -347,13 +366,4 @@ _SHORT_NAMES = "bfnrt"
 
 def mac_input(serial, nonce, cmd, args):
     """The exact bytes an authenticated request's MAC covers."""
-    return (
-        _MAC_DOMAIN
-        + serial.encode()
-        + b"\n"
-        + nonce.encode()
-        + b"\n"
-        + cmd.encode()
-        + b"\n"
-        + canon(args or {}).encode()
-    )
+    return ("%s%s\n%s\n%s\n%s" % (_MAC_DOMAIN, serial, nonce, cmd, canon(args or {}))).encode()

@@ -64,11 +64,15 @@ class Dispatcher:
         """Read what the link has and answer every complete request."""
         reader = self.reader
         now = self.clock.ticks_ms()
+        link = self.link
         while True:
-            k = self.link.readinto(reader.space())
+            space = reader.space()
+            k = link.readinto(space)
             if not k:
                 break
             reader.added(k, now)
+            if k < len(space):
+                break  # the link had no more: what comes later wakes the next pass
         while True:
             frame = reader.next_frame()
             if frame is None:
@@ -122,9 +126,9 @@ class Dispatcher:
             entry = self.commands.get(cmd)
             if entry is None:
                 raise errors.CmdError(errors.UNKNOWN_COMMAND, "unknown command: %s" % cmd[:40])
-            if msg.get("auth") is not None:
-                signed = True
-            role, key_id = self.auth.authorize(cmd, args, msg.get("auth"), entry[0])
+            auth = msg.get("auth")
+            signed = auth is not None
+            role, key_id = self.auth.authorize(cmd, args, auth, entry[0])
             req = Request(self.writer, rid, cmd, args, role, key_id)
             if len(entry) == 2:
                 data = entry[1](req)
