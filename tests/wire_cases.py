@@ -7,6 +7,7 @@ MicroPython: `micropython -X heapsize=192K tests/wire_cases.py REPO` prints
 """
 
 import binascii
+import json
 import sys
 
 if __name__ == "__main__":
@@ -187,6 +188,32 @@ def case_writer_matches_encode():
     w.send_prepared(codec.KIND_CHUNK, 22, 3)
     want = frame(21, b'{"ok":true}', codec.KIND_RESPONSE) + frame(22, b"abc", codec.KIND_CHUNK)
     check(bytes(s.out) == want, "writer bytes")
+
+
+def case_send_json_replies_short_long_and_too_large():
+    # replies of any length in any order come out as json.dumps would send them
+    s = _Stream()
+    w = codec.FrameWriter(s)
+    msgs = [
+        {"ok": True, "data": {"n": 1}},
+        {"ok": True, "data": {"text": "x" * 1500}},
+        {"ok": True, "data": {"n": 2, "list": [1, None, 'q"\n']}},
+        {"ok": True, "data": {"text": "y" * 900}},
+        {"ok": False, "error": "e"},
+    ]
+    want = b""
+    for i, m in enumerate(msgs):
+        w.send_json(codec.KIND_RESPONSE, 30 + i, m)
+        want += frame(30 + i, json.dumps(m).encode(), codec.KIND_RESPONSE)
+    check(bytes(s.out) == want, "send_json bytes")
+    try:
+        w.send_json(codec.KIND_RESPONSE, 40, {"text": "z" * codec.MAX_PAYLOAD})
+    except codec.PayloadFull:
+        pass
+    else:
+        raise AssertionError("an oversized reply was sent")
+    w.send_json(codec.KIND_RESPONSE, 41, {"ok": True})
+    check(bytes(s.out) == want + frame(41, b'{"ok": true}', codec.KIND_RESPONSE), "after too large")
 
 
 def case_writer_gives_up_on_a_stalled_link():

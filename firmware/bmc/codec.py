@@ -192,6 +192,14 @@ class LinkStalled(Exception):
     """The host stopped reading: the response (or stream) was cut short."""
 
 
+_STAGE = const(704)  # replies this long (status, power: ~620 B) are encoded without allocating
+try:
+    io.BytesIO(_STAGE)
+    _STAGED = True  # MicroPython: an empty stream with room for that many bytes
+except TypeError:  # CPython: wants initial bytes; json.dumps serves
+    _STAGED = False
+
+
 class FrameWriter:
     """Builds frames in one preallocated buffer and writes each with one call."""
 
@@ -203,6 +211,7 @@ class FrameWriter:
         self.frames = 0
         self.stalled = 0
         self._sink = _Sink(self.mv[HEADER : HEADER + max_payload])
+        self._stage = None  # made at the first reply
 
     def payload_view(self):
         """Where a caller may `readinto` a chunk before `send_prepared`."""
@@ -223,10 +232,34 @@ class FrameWriter:
     def send_json(self, kind, req_id, obj):
         """Encode `obj` and send it as one frame (PayloadFull if it does not fit).
 
-        json.dumps runs in C and is ten times faster than feeding a Python sink,
-        so small replies take that path; when the heap has no room for the text
-        the reply is encoded piecewise straight into the frame buffer instead.
+        json.dump runs in C; into the staging stream (MicroPython) it allocates
+        nothing, where json.dumps grows its text piece by piece. A stage grown by
+        a longer text is let go (a fresh one is made for the next reply), so it
+        holds _STAGE bytes for good. Without a stage json.dumps serves, and when
+        the heap has no room for its text the reply is encoded piecewise straight
+        into the frame buffer (a Python sink, ten times slower).
         """
+        if _STAGED:
+            n = -1
+            stage = self._stage
+            try:
+                if stage is None:
+                    stage = self._stage = io.BytesIO(_STAGE)
+                stage.seek(0)
+                json.dump(obj, stage)
+                n = stage.tell()
+                if n <= self.max_payload:
+                    stage.seek(0)
+                    stage.readinto(self._sink.view)
+            except MemoryError:
+                n = -1
+            if n < 0 or n > _STAGE:
+                self._stage = stage = None
+            if n > self.max_payload:
+                raise PayloadFull("message larger than one frame")
+            if n >= 0:
+                self.send_prepared(kind, req_id, n)
+                return
         try:
             text = json.dumps(obj)
         except MemoryError:

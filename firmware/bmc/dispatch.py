@@ -64,15 +64,13 @@ class Dispatcher:
         """Read what the link has and answer every complete request."""
         reader = self.reader
         now = self.clock.ticks_ms()
-        link = self.link
         while True:
-            space = reader.space()
-            k = link.readinto(space)
+            k = self.link.readinto(reader.space())
             if not k:
                 break
             reader.added(k, now)
-            if k < len(space):
-                break  # the link had no more: what comes later wakes the next pass
+            if reader.n < len(reader.buf):
+                break  # a short read: the link had no more, what comes later wakes the next pass
         while True:
             frame = reader.next_frame()
             if frame is None:
