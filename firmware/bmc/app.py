@@ -31,6 +31,7 @@ from bmc.compat import const
 WDT_MS = const(5000)
 _MAX_WAIT_MS = const(100)
 _GC_EVERY = const(12288)
+_GC_FRAMES = const(2)  # requests between collections after the pass that answered them
 _FAILING_LOOPS = const(3)  # loops in a row that raise before the watchdog is starved
 BOARD_FILE = "/board.json"
 
@@ -94,6 +95,7 @@ class App:
         self.reset_hooks.append(bf.forget)
         self.tick_hooks.append(bf.tick)
         self.dispatch = dispatch.Dispatcher(board.link, self.auth, self.clock, self)
+        self._gc_frames = 0
         ondemand.call("commands", "register", self)  # the command table (bmc.commands)
         gc.collect()
         # Collect after every few KB allocated, not only when the heap is full:
@@ -179,6 +181,12 @@ class App:
         self.console.poll()
         self.indicators.tick(self.power.state if self.power else "Fault")
         self.flush()
+        frames = self.dispatch.reader.frames
+        if frames - self._gc_frames >= _GC_FRAMES:
+            # Collect now, with the replies out, rather than when the allocation
+            # threshold strikes, which is most often in the middle of a request.
+            self._gc_frames = frames
+            gc.collect()
 
     def flush(self):
         """Write what this pass recorded: the event log, then the BMC state."""
