@@ -7,10 +7,10 @@ protocol through the real codec and HMAC, as bmcctl does.
 import binascii
 import os
 
+import fakes
 from bmc import app, codec
-from bmc.clock import ManualClock
 from bmc.hmac256 import HmacKey
-from fakes import FakeBoard, FakeSBC, Wires
+from fakes import FakeBoard
 
 
 class Pipe:
@@ -90,21 +90,21 @@ def write_board_file(root, name="pico-rpi4"):
         f.write(text)
 
 
-class Rig:
+class Rig(fakes.Rig):
+    """The whole App on the fake board and SBC; runs and waits as `fakes.Rig` does."""
+
     def __init__(self, root, board_name="pico-rpi4"):
         from bmc import boardfile
 
         write_board_file(root, board_name)
-        self.root = root
-        self.defn = boardfile.load(root + "/board.json")
-        self.clock = ManualClock((1 << 30) - 3000)  # crosses the 32-bit wrap early on
-        self.wires = Wires(self.defn, self.clock)
-        self.sbc = FakeSBC(self.wires, self.defn, self.clock)
-        self.boot()
+        defn = boardfile.load(root + "/board.json")
+        super().__init__(defn, root, start=(1 << 30) - 3000)  # crosses the 32-bit wrap early on
 
-    def boot(self, reset_cause="power_on"):
+    def boot(self, reset_cause="power_on", settings=None):
+        self.boots += 1
         self.board = AppBoard(self.wires, self.clock, self.root, reset_cause)
         self.app = app.App(self.board)
+        self.pc = self.app.power
         self.sbc.update()
         self.host = Host(self)
 
@@ -113,22 +113,6 @@ class Rig:
         self.sbc.update()
         self.app.step()
         self.sbc.update()
-
-    def run(self, ms, step=5):
-        t = 0
-        while t < ms:
-            self.step(step)
-            t += step
-
-    def until_state(self, state, max_ms=20000):
-        t = 0
-        while self.app.power.state != state:
-            if t > max_ms:
-                raise AssertionError(
-                    "not %s after %d ms: %s" % (state, max_ms, self.app.power.state)
-                )
-            self.step(10)
-            t += 10
 
 
 class Host:
