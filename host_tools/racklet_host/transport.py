@@ -112,6 +112,10 @@ class Link:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def fileno(self) -> int:
+        """The open port's file descriptor (to wait on several links with one selector)."""
+        return self._fd()
+
     def _fd(self) -> int:
         if self._ser is None:
             raise LinkGone(f"link to {self.path} is closed")
@@ -200,6 +204,22 @@ class Link:
                 rx += data
             else:
                 reader.expire(int(time.monotonic() * 1000))
+
+    def poll_frame(self) -> Optional[Frame]:
+        """The next frame from what has arrived, without waiting; None if none is complete.
+
+        For callers that wait on many links at once: after the port became readable,
+        call this until it returns None.
+        """
+        data = self.read_some(0)
+        if data:
+            self._rx += data
+        else:
+            self._reader.expire(int(time.monotonic() * 1000))
+        try:
+            return self.read_frame(0.0)  # a deadline long passed: only what is here
+        except Timeout:
+            return None
 
 
 def _reason(e: BaseException) -> str:

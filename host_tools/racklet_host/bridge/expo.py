@@ -87,42 +87,135 @@ Sample = Tuple[str, str, str, Optional[Tuple[Tuple[str, str], ...]]]
 
 
 class Family:
-    """One family: metadata and samples as text (label values stay escaped)."""
+    """One family: metadata and its sample lines as text (label values stay escaped).
 
-    __slots__ = ("name", "type", "unit", "help", "samples")
+    `text` holds the sample lines exactly as the BMC sent them (each ending in a
+    newline). `samples` splits them per sample; only the line-by-line check makes
+    it (families checked by the block check never need it, see `labelled`).
+    """
 
-    def __init__(self, name: str, typ: str, help_text: str, unit: str = "") -> None:
+    __slots__ = ("name", "type", "unit", "help", "text", "samples", "_parts", "_meta", "_reserved")
+
+    def __init__(self, name: str, typ: str, help_text: str, unit: str = "", text: str = "") -> None:
         self.name = name
         self.type = typ
         self.unit = unit
         self.help = help_text  # escaped as in OpenMetrics (\\, \n, \")
-        self.samples: List[Sample] = []
+        self.text = text
+        self.samples: Optional[List[Sample]] = None
+        self._parts: Optional[List[str]] = None
+        self._meta: Optional[Tuple[str, str]] = None
+        self._reserved: Optional[Tuple[str, ...]] = None
+
+    def reserved(self) -> Tuple[str, ...]:
+        """The family's name and the sample names it keeps from other families."""
+        r = self._reserved
+        if r is None:
+            r = self._reserved = tuple(self.name + s for s in _RESERVED[self.type])
+        return r
 
     def add(self, name: str, labels: Mapping[str, str], value: float) -> None:
         """A sample from Python values (the bridge's own families)."""
         inner = ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
-        self.samples.append((name, inner, number(value), None))
+        line = f"{name}{{{inner}}} {number(value)}\n" if inner else f"{name} {number(value)}\n"
+        self.text += line
+
+    def labelled(self, prefix: str, quoted: Mapping[str, str]) -> str:
+        """The sample lines with `prefix` (the target labels) in front of their own labels.
+
+        All samples of a BMC family share one name, so a template cut where the
+        prefix goes is made once per family (families are shared by the check cache)
+        and joined with the prefix: one C call per family and BMC. Samples with a
+        label the bridge renames (a BMC's own `slot` or `serial`) go one by one.
+        """
+        parts = self._parts
+        if parts is None:
+            parts = self._parts = self._template()
+        if parts:
+            return prefix.join(parts)
+        out = []
+        for name, inner, value, pairs in self._sample_list():
+            if pairs is not None:
+                inner = _relabel(pairs, quoted)
+            out.append(
+                f"{name}{{{prefix},{inner}}} {value}\n"
+                if inner
+                else f"{name}{{{prefix}}} {value}\n"
+            )
+        return "".join(out)
+
+    def _template(self) -> List[str]:
+        """The sample text split where the target labels go; [] when samples go one by one."""
+        text = self.text
+        if not text:
+            return [""]
+        if "\x00" in text or "{}" in text or "slot" in text or "serial" in text:
+            return []
+        sample = self.name + _SUFFIXES[self.type][0]
+        marked = ("\n" + text).replace("\n" + sample + "{", "\n" + sample + "{\x00,")
+        marked = marked.replace("\n" + sample + " ", "\n" + sample + "{\x00} ")
+        return marked[1:].split("\x00")
+
+    def _sample_list(self) -> List[Sample]:
+        if self.samples is None:
+            self.samples = _families(_metadata(self, True) + self.text)[0].samples or []
+        return self.samples
+
+    def metadata(self, openmetrics: bool) -> str:
+        meta = self._meta
+        if meta is None:
+            meta = self._meta = (_metadata(self, True), _metadata(self, False))
+        return meta[0] if openmetrics else meta[1]
 
 
 class Exposition:
     """One BMC's families, checked; `text` is what the BMC sent."""
 
-    __slots__ = ("families", "text")
+    __slots__ = ("families", "_data", "_labelled")
 
-    def __init__(self, families: List[Family], text: str) -> None:
+    def __init__(self, families: List[Family], data: List[bytes]) -> None:
         self.families = families
-        self.text = text
+        self._data = data
+        # (prefix, one labelled text per family) made while the text arrived
+        self._labelled: Optional[Tuple[str, List[str]]] = None
+
+    @property
+    def text(self) -> str:
+        return b"".join(self._data).decode("utf-8")
 
     def label(self, family: str, label: str) -> Optional[str]:
         """A label value (unescaped) of the first sample of `family` (e.g. the serial in `bmc`)."""
         for fam in self.families:
             if fam.name == family:
-                for _, inner, _, _ in fam.samples:
-                    for k, v in _PAIR_RE.findall(inner):
-                        if k == label:
-                            return unescape(v[1:-1])
-                return None
+                return _first_label(fam, label)
         return None
+
+    def labelled(self, serial: str, slot: str) -> List[str]:
+        """Every family's sample lines labelled with `serial` and `slot`, in order."""
+        prefix, quoted = _target(serial, slot)
+        have = self._labelled
+        if have is not None and have[0] == prefix and len(have[1]) == len(self.families):
+            return have[1]
+        texts = [fam.labelled(prefix, quoted) for fam in self.families]
+        self._labelled = (prefix, texts)
+        return texts
+
+
+def _first_label(fam: Family, label: str) -> Optional[str]:
+    if fam.samples is not None:
+        inner = fam.samples[0][1] if fam.samples else ""
+    else:
+        m = _SAMPLE_RE.match(fam.text.partition("\n")[0])
+        inner = (m.group(2) or "") if m is not None else ""
+    for k, v in _PAIR_RE.findall(inner):
+        if k == label:
+            return unescape(v[1:-1])
+    return None
+
+
+def _target(serial: str, slot: str) -> Tuple[str, Dict[str, str]]:
+    quoted = {"serial": f'"{escape(serial)}"', "slot": f'"{escape(slot)}"'}
+    return f"serial={quoted['serial']},slot={quoted['slot']}", quoted
 
 
 def escape(value: str) -> str:
@@ -145,16 +238,193 @@ def number(value: float) -> str:
     return repr(float(value))
 
 
-# Family blocks already checked (the text from `# HELP` to the last sample, no final
+# Family blocks already checked (the text after `# HELP ` to the last sample, no final
 # newline) -> their Family. Most of a BMC's families read the same at every scrape
 # and on every BMC (metadata, states, counters still at 0): those are checked once.
-# The Family objects are shared, so nothing may change them after `parse`.
+# The Family objects are shared, so nothing may change them after the check (their
+# lazily made template and metadata are the same for every user).
 _BLOCKS: Dict[str, Family] = {}
 _BLOCKS_MAX = 8192  # about 2 MB; emptied when full (values that change make new blocks)
+
+# The block check: one regular expression over a whole family block (C speed) for
+# the common shape, then a few whole-block string operations. Whatever it is not
+# sure about goes to the line-by-line check (`_families`), which decides.
+_HELP_TEXT = r'[^\\\n]*(?:\\[\\"n][^\\\n]*)*'
+_FAST_LVALUE = r'"[^"\\\n]*(?:\\[\\"n][^"\\\n]*)*"'
+_FAST_LABEL = _LNAME + "=" + _FAST_LVALUE
+_BLOCK_RE = re.compile(
+    rf"({_NAME}) ({_HELP_TEXT})\n# TYPE \1 (counter|gauge|info|stateset|unknown)\n"
+    rf"(?:# UNIT \1 ([a-zA-Z0-9_:]*)\n)?"
+    rf"((?:{_NAME}(?:\{{{_FAST_LABEL}(?:,{_FAST_LABEL})*\}})? (?:{_NUMBER})\n)*)",
+    re.ASCII,
+)
+_INNER_RE = re.compile(r"\{(.*)\} ")
+# a sample value (the line's last field) the family's type does not allow, or may not
+_BAD_VALUE = {
+    "counter": re.compile(r" (?:-|NaN)[^ \n]*\n"),
+    "info": re.compile(r" (?!1\n)[^ \n]*\n"),
+    "stateset": re.compile(r" (?![01]\n)[^ \n]*\n"),
+}
+
+
+def _check_block(block: str) -> Optional[Family]:
+    """The Family of one block (`# HELP ` cut off, no final newline) if surely valid, else None."""
+    m = _BLOCK_RE.fullmatch(block + "\n")
+    if m is None:
+        return None
+    name, help_text, typ, unit, samples = m.group(1, 2, 3, 4, 5)
+    if unit is not None and (typ == "info" or typ == "stateset" or not name.endswith("_" + unit)):
+        return None
+    if samples:
+        if "," in samples or "{}" in samples or "slot" in samples or "serial" in samples:
+            return None  # several labels, an empty set, labels the bridge renames: line by line
+        if "\x00" in samples:
+            return None
+        sample = name + _SUFFIXES[typ][0]
+        lines = "\n" + samples
+        n = samples.count("\n")
+        labelled = lines.count("\n" + sample + "{")
+        bare = lines.count("\n" + sample + " ")
+        if labelled + bare != n or bare > 1:
+            return None  # a sample outside its family, or one without labels twice
+        if labelled:
+            keys = _INNER_RE.findall(samples)  # one label each (no comma anywhere)
+            if len(set(keys)) != len(keys):
+                return None
+            if typ == "stateset" and lines.count("\n" + sample + "{" + name + '="') != n:
+                return None
+        elif typ == "stateset":
+            return None
+        bad = _BAD_VALUE.get(typ)
+        if bad is not None and bad.search(samples):
+            return None
+    return Family(name, typ, help_text, unit or "", samples)
+
+
+class Reader:
+    """One BMC's text, checked and split into families as its chunks arrive.
+
+    Complete family blocks (a line starting with `# HELP ` starts a family: help
+    text has no newline, and no other line starts like that) are checked at once,
+    from the cache or by the block check; the rest waits for the next chunk. The
+    family names are checked against each other as they come. With `slot` (and the
+    serial from the `bmc` family, once it came) every family is labelled as soon as
+    it is checked, so little work is left when the last chunk arrives. Anything
+    wrong: `finish` checks the whole text again line by line, for the error with
+    its line number.
+    """
+
+    def __init__(self, slot: Optional[str] = None) -> None:
+        self._data: List[bytes] = []
+        self._rest = b""
+        self._whole = False  # give up on blocks: `finish` checks the whole text
+        self._started = False
+        self.families: List[Family] = []
+        self._names: Set[str] = set()
+        self._slot = slot
+        self.serial: Optional[str] = None
+        self._prefix: Optional[Tuple[str, Dict[str, str]]] = None
+        self._labelled: List[str] = []
+
+    def feed(self, data: bytes) -> None:
+        self._data.append(data)
+        if self._whole:
+            return
+        buf = self._rest + data if self._rest else data
+        if not self._started:
+            if len(buf) < 7:
+                self._rest = buf
+                return
+            if not buf.startswith(b"# HELP "):
+                self._whole = True
+                return
+            self._started = True
+        i = buf.rfind(b"\n# HELP ")
+        if i < 0:
+            self._rest = buf
+            return
+        self._rest = buf[i + 1 :]
+        try:
+            text = buf[7:i].decode("utf-8")
+        except UnicodeDecodeError:
+            self._whole = True
+            return
+        self._blocks(text.split("\n# HELP "))
+
+    def _blocks(self, blocks: List[str]) -> None:
+        cache = _BLOCKS
+        names = self._names
+        families = self.families
+        for block in blocks:
+            fam = cache.get(block)
+            if fam is None:
+                fam = _check_block(block)
+                if fam is None:
+                    try:
+                        found = _families("# HELP " + block + "\n")
+                    except ExpositionError:
+                        self._whole = True
+                        return
+                    if len(found) != 1:
+                        self._whole = True
+                        return
+                    fam = found[0]
+                if len(cache) >= _BLOCKS_MAX:
+                    cache.clear()
+                cache[block] = fam
+            reserved = fam.reserved()
+            if not names.isdisjoint(reserved):
+                self._whole = True
+                return
+            names.update(reserved)
+            families.append(fam)
+            if fam.name == "bmc" and self.serial is None:
+                self.serial = _first_label(fam, "serial") or ""
+        if self._slot is not None and self.serial is not None:
+            prefix = self._prefix
+            if prefix is None:
+                prefix = self._prefix = _target(self.serial, self._slot)
+            done = self._labelled
+            for fam in families[len(done) :]:
+                done.append(fam.labelled(*prefix))
+
+    def finish(self) -> Exposition:
+        """The checked exposition; ExpositionError if the text is not valid."""
+        if not self._whole and self._started:
+            rest = self._rest
+            if rest.endswith(b"\n# EOF\n"):
+                body = rest[:-6]
+            elif rest.endswith(b"\n# EOF"):
+                body = rest[:-5]
+            else:
+                body = b""
+            if body.startswith(b"# HELP "):
+                try:
+                    self._blocks([body[7:-1].decode("utf-8")])
+                except UnicodeDecodeError:
+                    self._whole = True
+                if not self._whole:
+                    exp = Exposition(self.families, self._data)
+                    if self._prefix is not None and len(self._labelled) == len(self.families):
+                        exp._labelled = (self._prefix[0], self._labelled)
+                    return exp
+        return _parse_whole(self._data)
 
 
 def parse(text: str) -> Exposition:
     """Check one BMC's OpenMetrics text and split it into families; ExpositionError if bad."""
+    reader = Reader()
+    reader.feed(text.encode("utf-8"))
+    return reader.finish()
+
+
+def _parse_whole(data: List[bytes]) -> Exposition:
+    """The whole text checked line by line (for a text the block check did not take)."""
+    raw = b"".join(data)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ExpositionError(f"not UTF-8 at byte {e.start}") from None
     if text.endswith("# EOF\n"):
         body = text[:-6]
     elif text.endswith("# EOF"):
@@ -163,37 +433,7 @@ def parse(text: str) -> Exposition:
         raise ExpositionError("exposition does not end with # EOF (truncated?)")
     if body and not body.endswith("\n"):
         raise ExpositionError("exposition does not end with # EOF on a line of its own")
-    if not body.startswith("# HELP "):
-        return Exposition(_families(body), text)
-    # Family by family (a line that starts with "# HELP " starts a family: help text has
-    # no newline, and no other line starts like that), known blocks from the cache; the
-    # family names are checked against each other here. Anything wrong: the whole text
-    # again line by line, for the error with its line number.
-    families: List[Family] = []
-    names: Set[str] = set()
-    cache = _BLOCKS
-    for block in body[7:-1].split("\n# HELP "):
-        fam = cache.get(block)
-        if fam is None:
-            try:
-                found = _families("# HELP " + block + "\n")
-            except ExpositionError:
-                return Exposition(_families(body), text)
-            if len(found) != 1:
-                return Exposition(_families(body), text)
-            fam = found[0]
-            if len(cache) >= _BLOCKS_MAX:
-                cache.clear()
-            cache[block] = fam
-        name = fam.name
-        if name in names:
-            return Exposition(_families(body), text)
-        for suffix in _RESERVED[fam.type]:
-            if name + suffix in names:
-                return Exposition(_families(body), text)
-            names.add(name + suffix)
-        families.append(fam)
-    return Exposition(families, text)
+    return Exposition(_families(body), [raw])
 
 
 def _families(body: str) -> List[Family]:
@@ -201,6 +441,8 @@ def _families(body: str) -> List[Family]:
     families: List[Family] = []
     names: Set[str] = set()  # every family name and the sample names it reserves
     fam: Optional[Family] = None
+    samples: List[Sample] = []
+    lines: List[str] = []
     allowed: Tuple[str, ...] = ()
     seen: Set[Tuple[str, str]] = set()
     sample_re = _SAMPLE_RE.match
@@ -230,7 +472,8 @@ def _families(body: str) -> List[Family]:
             seen.add((name, key))
             if fam.type != "gauge" and fam.type != "unknown":
                 _check_value(fam.type, value, n)
-            fam.samples.append((name, inner, value, pairs))
+            samples.append((name, inner, value, pairs))
+            lines.append(line)
             continue
         m = _META_RE.match(line)
         if m is None:
@@ -243,12 +486,16 @@ def _families(body: str) -> List[Family]:
                 raise ExpositionError(f"line {n}: family {name} again or clashing with another")
             if not _HELP_RE.match(rest):
                 raise ExpositionError(f"line {n}: bad escape in the HELP of {name}")
+            if fam is not None:
+                _close(fam, samples, lines)
             fam = Family(name, "", rest)
+            samples = []
+            lines = []
             families.append(fam)
             allowed = ()
             seen = set()
             continue
-        if fam is None or name != fam.name or fam.samples:
+        if fam is None or name != fam.name or samples:
             raise ExpositionError(f"line {n}: # {kind} {name} not right after its # HELP")
         if kind == "TYPE":
             if fam.type or rest not in _SUFFIXES:
@@ -265,10 +512,17 @@ def _families(body: str) -> List[Family]:
             if fam.type in ("info", "stateset") or not name.endswith("_" + rest):
                 raise ExpositionError(f"line {n}: unit {rest!r} does not fit {name}")
             fam.unit = rest
+    if fam is not None:
+        _close(fam, samples, lines)
     for f in families:
         if not f.type:
             raise ExpositionError(f"family {f.name} without # TYPE")
     return families
+
+
+def _close(fam: Family, samples: List[Sample], lines: List[str]) -> None:
+    fam.samples = samples
+    fam.text = "".join(line + "\n" for line in lines)
 
 
 def _check_value(typ: str, value: str, n: int) -> None:
@@ -288,8 +542,7 @@ class _Merged:
 
     def __init__(self, family: Family) -> None:
         self.family = family
-        # (serial, slot, samples): serial/slot None for the bridge's own families
-        self.parts: List[Tuple[Optional[str], Optional[str], List[Sample]]] = []
+        self.parts: List[str] = []  # sample lines, labelled, of every source in order
 
 
 class Merger:
@@ -321,41 +574,34 @@ class Merger:
 
     def add(self, exposition: Exposition, serial: str, slot: str) -> None:
         """One BMC's families, each sample labelled with `serial` and `slot`."""
-        for fam in exposition.families:
-            have = self._take(fam)
+        texts = exposition.labelled(serial, slot)
+        known = self._families
+        for fam, text in zip(exposition.families, texts):
+            have = known.get(fam.name)
+            if have is None or have.family is not fam:  # new, or another object: compare
+                have = self._take(fam)
             if have is not None:
-                have.parts.append((serial, slot, fam.samples))
+                have.parts.append(text)
 
     def add_family(self, family: Family) -> None:
         """A family the bridge produced itself (labels complete). Add these first: they win."""
         have = self._take(family)
         if have is not None:
-            have.parts.append((None, None, family.samples))
+            have.parts.append(family.text)
 
     def families(self) -> Iterator[Family]:
         for merged in self._families.values():
             yield merged.family
 
-    def lines(self, openmetrics: bool) -> Iterator[str]:
+    def pieces(self, openmetrics: bool) -> List[str]:
+        """The exposition as a list of strings, to be joined once."""
+        out: List[str] = []
         for merged in self._families.values():
-            fam = merged.family
-            yield _metadata(fam, openmetrics)
-            for serial, slot, samples in merged.parts:
-                if serial is None or slot is None:
-                    for name, inner, value, _ in samples:
-                        yield f"{name}{{{inner}}} {value}\n" if inner else f"{name} {value}\n"
-                    continue
-                prefix = f'serial="{escape(serial)}",slot="{escape(slot)}"'
-                quoted = {"serial": f'"{escape(serial)}"', "slot": f'"{escape(slot)}"'}
-                for name, inner, value, pairs in samples:
-                    if pairs is not None:
-                        inner = _relabel(pairs, quoted)
-                    if inner:
-                        yield f"{name}{{{prefix},{inner}}} {value}\n"
-                    else:
-                        yield f"{name}{{{prefix}}} {value}\n"
+            out.append(merged.family.metadata(openmetrics))
+            out.extend(merged.parts)
         if openmetrics:
-            yield "# EOF\n"
+            out.append("# EOF\n")
+        return out
 
 
 def _relabel(pairs: Sequence[Tuple[str, str]], quoted: Mapping[str, str]) -> str:
@@ -391,7 +637,7 @@ def _help_004(m: re.Match[str]) -> str:
 
 
 def render(merger: Merger, openmetrics: bool) -> bytes:
-    return "".join(merger.lines(openmetrics)).encode()
+    return "".join(merger.pieces(openmetrics)).encode()
 
 
 def wants_openmetrics(accept: Optional[str]) -> bool:

@@ -2,33 +2,43 @@
 
 Each scrape rediscovers the BMCs (a listing of the rack directory or of the USB
 serial ports: cheap), so BMCs that come and go are picked up and dropped without
-a restart. Every BMC is fetched by its own thread; the scrape waits for all of
-them until one common deadline and reports whatever did not answer in time as
-`bmc_up 0`. A fetch that overran keeps its BMC's link until its client times
-out; a scrape that finds the link still taken reports that BMC as busy at once
-rather than queueing behind it, so one hung BMC never delays the others.
+a restart. One event loop (a selector over every BMC link, in the thread that
+serves the HTTP request) sends every BMC its request and then takes in whichever
+link has data: each chunk is split into frames and its complete families are
+checked and labelled as they come (`expo.Reader`), so the work overlaps the BMCs'
+own render time and little is left when the last answer arrives. Whatever has
+not answered by the scrape's one deadline is reported as `bmc_up 0` (timeout)
+and its link closed, so a hung BMC never delays the others and does not hold its
+link into the next scrape.
 
-The link to a BMC is opened for a fetch and closed after it (`LinkManager`), so
-`bmcctl` in another process can use the port between scrapes; within the bridge
-a per-BMC lock lets one command at a time use a link.
+The link to a BMC is opened for a fetch and closed as soon as its answer is in,
+so `bmcctl` in another process can use the port between scrapes (a port another
+program holds is retried every few milliseconds until just before the deadline,
+then reported as `port_busy`); within the bridge a per-BMC lock (`LinkManager`)
+lets one scrape at a time use a link, and a scrape that finds it taken reports
+that BMC as busy at once rather than queueing behind it.
 """
 
 from __future__ import annotations
 
-import _thread
-import contextlib
 import os
+import selectors
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
+
+from bmc import codec
 
 from .. import discovery
-from ..client import BmcClient
-from ..errors import BmcError, LinkGone, NoBmcFound, Timeout
+from ..client import _decode, _response_data
+from ..errors import BmcError, LinkGone, NoBmcFound, PortBusy
+from ..transport import Link
 from . import expo
 
 DEFAULT_TIMEOUT = 3.0
 _BUSY_MARGIN = 0.1  # seconds before the deadline a wait for a held port gives up
+_BUSY_POLL = 0.002  # retry interval for a port another program holds
+_REQUEST = codec.dumps({"cmd": "metrics", "args": {}})
 
 
 class Busy(BmcError):
@@ -54,33 +64,12 @@ class LinkManager:
     def busy(self, name: str) -> bool:
         return self._lock(name).locked()
 
-    @contextlib.contextmanager
-    def session(self, port: discovery.BmcPort, deadline: float) -> Iterator[BmcClient]:
-        """An open client for `port`, held until the block ends; `Busy` if taken until then.
+    def take(self, name: str) -> bool:
+        """The link for this caller (True), or False at once if someone in the bridge has it."""
+        return self._lock(name).acquire(blocking=False)
 
-        Another program holding the port (bmcctl in the middle of a command) is
-        waited for until `deadline` (`PortBusy` after that).
-        """
-        lock = self._lock(port.name)
-        if not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-            raise Busy(f"{port.name}: the previous command on this link is still running")
-        try:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Timeout(f"{port.name}: no time left to open the port")
-            try:
-                path = port.resolve()
-                # a port held elsewhere: wait, but answer port_busy before the scrape's deadline
-                wait = max(left - _BUSY_MARGIN, 0.0)
-                client = BmcClient.open(path, timeout=left, name=port.name, busy_wait=wait)
-            except NoBmcFound as e:
-                raise LinkGone(e.message) from None
-            try:
-                yield client
-            finally:
-                client.close()
-        finally:
-            lock.release()
+    def release(self, name: str) -> None:
+        self._lock(name).release()
 
 
 class Result:
@@ -164,34 +153,6 @@ class Scraper:
         return None
 
     # -- scraping -------------------------------------------------------------
-    def _run(
-        self, port: discovery.BmcPort, deadline: float, res: Result, finished: threading.Event
-    ) -> None:
-        try:
-            self._fetch(port, deadline, res)
-        finally:
-            finished.set()
-
-    def _fetch(self, port: discovery.BmcPort, deadline: float, res: Result) -> None:
-        t0 = time.monotonic()
-        try:
-            with self.links.session(port, deadline) as client:
-                body = client.stream("metrics").body
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise expo.ExpositionError(f"not UTF-8 at byte {e.start}") from None
-            parsed = expo.parse(text)
-            res.exposition = parsed
-            serial = parsed.label("bmc", "serial")
-            if serial:
-                res.serial = serial
-            res.up = True
-        except Exception as e:  # every failure is this BMC's bmc_up 0, never the scrape's
-            res.error = error_reason(e)
-            res.message = getattr(e, "message", None) or str(e)
-        res.duration = time.monotonic() - t0
-
     def scrape(
         self, ports: Optional[List[discovery.BmcPort]] = None, timeout: Optional[float] = None
     ) -> List[Result]:
@@ -200,33 +161,20 @@ class Scraper:
             ports = self.ports()
         wait = self.timeout if timeout is None else min(timeout, self.timeout)
         t0 = time.monotonic()
-        deadline = t0 + wait
+        loop = _Loop(self.links, t0 + wait)
         results: List[Result] = []
-        done: List[Optional[threading.Event]] = []
         for port in ports:
             res = Result(port.name)
             results.append(res)
-            if self.links.busy(port.name):
-                res.error = "busy"
-                res.message = "the previous scrape of this BMC has not finished"
-                done.append(None)
-                continue
-            finished = threading.Event()
-            # _thread: threading.Thread.start() waits until the new thread runs, and
-            # with earlier fetches holding the GIL that handshake staggered the starts
-            # of 32 fetches over most of the scrape. Daemon-like: never joined.
-            _thread.start_new_thread(self._run, (port, deadline, res, finished))
-            done.append(finished)
-        for event, res in zip(done, results):
-            if event is None:
-                continue
-            if not event.wait(max(deadline - time.monotonic(), 0.0)):
-                # The fetch keeps its own result object; this scrape reports a timeout.
-                late = Result(res.slot)
-                late.error = "timeout"
-                late.message = f"no complete answer within {wait:g} s"
-                late.duration = time.monotonic() - t0
-                results[results.index(res)] = late
+            loop.start(port, res)
+        try:
+            loop.run()
+        finally:
+            late = loop.close()
+        for res in late:
+            res.error = "timeout"
+            res.message = f"no complete answer within {wait:g} s"
+            res.duration = time.monotonic() - t0
         with self._lock:
             self.scrapes += 1
             for res in results:
@@ -279,3 +227,158 @@ class Scraper:
             if res.up and res.exposition is not None:
                 merger.add(res.exposition, res.serial, res.slot)
         return merger
+
+
+class _Fetch:
+    """One BMC's scrape in flight."""
+
+    __slots__ = ("port", "res", "t0", "link", "fd", "rid", "reader", "retry_at", "done")
+
+    def __init__(self, port: discovery.BmcPort, res: Result, rid: int) -> None:
+        self.port = port
+        self.res = res
+        self.t0 = time.monotonic()
+        self.link: Optional[Link] = None
+        self.fd = -1
+        self.rid = rid
+        self.reader = expo.Reader(port.name)
+        self.retry_at = 0.0
+        self.done = False
+
+
+class _Loop:
+    """Every BMC's request out, then each answer in as it arrives, until one deadline."""
+
+    _rid = int.from_bytes(os.urandom(2), "little")
+    _rid_lock = threading.Lock()
+
+    def __init__(self, links: LinkManager, deadline: float) -> None:
+        self.links = links
+        self.deadline = deadline
+        self.fetches: List[_Fetch] = []
+        self.waiting: List[_Fetch] = []  # for a port another program holds
+        self.active = 0
+        self.sel = selectors.DefaultSelector()
+
+    @classmethod
+    def _next_rid(cls) -> int:
+        with cls._rid_lock:
+            cls._rid = cls._rid % 0xFFFF + 1
+            return cls._rid
+
+    def start(self, port: discovery.BmcPort, res: Result) -> None:
+        if not self.links.take(port.name):
+            res.error = "busy"
+            res.message = "the previous scrape of this BMC has not finished"
+            return
+        f = _Fetch(port, res, self._next_rid())
+        self.fetches.append(f)
+        self._open(f)
+
+    def _open(self, f: _Fetch) -> None:
+        try:
+            try:
+                link = Link(f.port.resolve())
+            except NoBmcFound as e:
+                raise LinkGone(e.message) from None
+            except PortBusy:
+                now = time.monotonic()
+                if now + _BUSY_POLL < self.deadline - _BUSY_MARGIN:
+                    f.retry_at = now + _BUSY_POLL
+                    self.waiting.append(f)
+                    return
+                held = now - f.t0
+                raise PortBusy(
+                    f"port {f.port.name} is busy: another program has held it for {held:.1f} s"
+                ) from None
+            try:
+                link.send_frame(codec.KIND_REQUEST, f.rid, _REQUEST)
+                fd = link.fileno()
+            except BaseException:
+                link.close()
+                raise
+            self.sel.register(fd, selectors.EVENT_READ, f)
+            f.link = link
+            f.fd = fd
+            self.active += 1
+        except Exception as e:
+            self._fail(f, e)
+
+    def _end(self, f: _Fetch) -> None:
+        """Close the link and let the next command have it."""
+        f.done = True
+        f.res.duration = time.monotonic() - f.t0
+        link, f.link = f.link, None
+        if link is not None:
+            self.sel.unregister(f.fd)  # also when an error closed the link already
+            self.active -= 1
+            link.close()
+        self.links.release(f.port.name)
+
+    def _fail(self, f: _Fetch, e: BaseException) -> None:
+        f.res.error = error_reason(e)
+        f.res.message = getattr(e, "message", None) or str(e)
+        self._end(f)
+
+    def _readable(self, f: _Fetch) -> None:
+        link = f.link
+        assert link is not None
+        try:
+            while True:
+                frame = link.poll_frame()
+                if frame is None:
+                    return
+                if frame.req_id != f.rid:
+                    continue  # a late answer to an earlier scrape
+                if frame.kind == codec.KIND_CHUNK:
+                    f.reader.feed(frame.payload)
+                    continue
+                if frame.kind != codec.KIND_RESPONSE:
+                    continue
+                _response_data(_decode(frame.payload, f.port.name), f.port.name)
+                parsed = f.reader.finish()
+                f.res.exposition = parsed
+                serial = parsed.label("bmc", "serial")
+                if serial:
+                    f.res.serial = serial
+                f.res.up = True
+                self._end(f)
+                return
+        except Exception as e:  # every failure is this BMC's bmc_up 0, never the scrape's
+            self._fail(f, e)
+
+    def run(self) -> None:
+        """Until every fetch is done or the deadline passed."""
+        while self.active or self.waiting:
+            now = time.monotonic()
+            left = self.deadline - now
+            if left <= 0:
+                return
+            if self.waiting:
+                left = min(left, max(min(f.retry_at for f in self.waiting) - now, 0.0))
+            for key, _ in self.sel.select(left) if self.active else _sleep(left):
+                f = key.data
+                if not f.done:
+                    self._readable(f)
+            if self.waiting:
+                now = time.monotonic()
+                due = [f for f in self.waiting if f.retry_at <= now]
+                self.waiting = [f for f in self.waiting if f.retry_at > now]
+                for f in due:
+                    self._open(f)
+
+    def close(self) -> List[Result]:
+        """End the fetches cut off by the deadline (links closed); their Results."""
+        late = []
+        for f in self.fetches:
+            if not f.done:
+                self._end(f)
+                late.append(f.res)
+        self.waiting = []
+        self.sel.close()
+        return late
+
+
+def _sleep(seconds: float) -> List[Tuple[selectors.SelectorKey, int]]:
+    time.sleep(seconds)
+    return []
