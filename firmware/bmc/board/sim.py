@@ -6,7 +6,10 @@
 - The wires are a Unix socket to the virtual SBC in `bmc-sim`, carrying only what wires
   would: pad states one way, levels, ADC readings, UART bytes and the BOOTSEL button the
   other (line protocol in docs/simulator.md). Input levels are cached here and updated when
-  the SBC reports a change; output changes are sent at once.
+  the SBC reports a change. What the firmware sends (pad changes, UART bytes, I2C requests)
+  is queued in order in a preallocated buffer and goes out in one send when the pass waits
+  (`wait`), before an I2C transfer waits for its answer, and at exit: a power action's reply
+  does not wait on the SBC side's wake-ups (docs/simulator.md).
 - The chip's watchdog is kept by `bmc-sim` (it is part of the silicon, not of the wires):
   `wdt_start`/`wdt_feed` report to it over a pipe, and when the deadline passes it kills
   this process and starts it again with reset cause "watchdog".
@@ -40,6 +43,11 @@ _AF_UNIX = socket.AF_UNIX  # type: ignore[attr-defined]
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
 _POLLHUP_ERR = select.POLLHUP | select.POLLERR
+_PAD_0 = const(0x30)  # "0": the pad states of a "P pin state" line, as bytes
+_PAD_1 = const(0x31)  # "1"
+_PAD_Z = const(0x7A)  # "z": released
+_PAD_U = const(0x75)  # "u": released with the RP2040's pull-up
+_PAD_D = const(0x64)  # "d": ... pull-down
 
 
 def log(msg):
@@ -71,8 +79,8 @@ class _Out:
 
     def _state(self):
         if self._od and self._v:
-            return "z"  # open-drain released
-        return "1" if self._v else "0"
+            return _PAD_Z  # open-drain released
+        return _PAD_1 if self._v else _PAD_0
 
     def value(self, v=None):
         if v is None:
@@ -230,6 +238,8 @@ class Board:
         self._rbuf = bytearray(_WIRES_BUF)
         self._rmv = memoryview(self._rbuf)
         self._rn = 0
+        self._obuf = bytearray(_WIRES_BUF)  # lines to the SBC, sent when the pass waits
+        self._on = 0
         self._synced = False
         self._i2c_reply = None
         self._wdt_ms = 0
@@ -250,16 +260,63 @@ class Board:
         self._poll.register(self._sock, _POLLIN)
         self._wires_poll = select.poll()
         self._wires_poll.register(self._sock, _POLLIN)
+        if hasattr(sys, "atexit"):
+            sys.atexit(self._flush_at_exit)
         self._send("H %d\n" % slot)
         self._sync()
 
     # -- the wires -------------------------------------------------------------
     def _send(self, line):
+        """Queue one line for the SBC (sent, in order, by the next `_flush`)."""
         data = line.encode()
+        n = len(data)
+        if self._on + n > _WIRES_BUF:
+            self._flush()
+            if n > _WIRES_BUF:
+                self._send_now(data)
+                return
+        self._obuf[self._on : self._on + n] = data
+        self._on += n
+
+    def _pad(self, pin, state):
+        """Queue "P pin state" without allocating (pin 0..29, state one of the _PAD_ bytes)."""
+        if self._on + 6 > _WIRES_BUF:
+            self._flush()
+        b = self._obuf
+        i = self._on
+        b[i] = 0x50  # "P"
+        b[i + 1] = 0x20
+        i += 2
+        if pin >= 10:
+            b[i] = 0x30 + pin // 10
+            i += 1
+        b[i] = 0x30 + pin % 10
+        b[i + 1] = 0x20
+        b[i + 2] = state
+        b[i + 3] = 0x0A
+        self._on = i + 4
+
+    def _flush(self):
+        """Send what is queued for the SBC, in one send when the socket takes it all."""
+        n = self._on
+        if n:
+            self._on = 0
+            self._send_now(memoryview(self._obuf)[:n])
+
+    def _flush_at_exit(self):
+        # What the last pass set reaches the SBC before the process ends (crash, exit).
+        try:
+            self._flush()
+        except BaseException:  # noqa: BLE001 - the wires are gone: nothing left to tell
+            pass
+
+    def _send_now(self, data):
         sock = self._sock
-        while data:
+        done = 0
+        n = len(data)
+        while done < n:
             try:
-                k = sock.send(data)
+                k = sock.send(data[done:] if done else data)
             except OSError as e:
                 if e.args[0] == 11:  # EAGAIN: the SBC side is slow; wait for room
                     p = select.poll()
@@ -268,12 +325,10 @@ class Board:
                     continue
                 log("wires broken: %r" % (e,))
                 sys.exit(EXIT_WIRES)
-            data = data[k:]
-
-    def _pad(self, pin, state):
-        self._send("P %d %s\n" % (pin, state))
+            done += k
 
     def _sync(self):
+        self._flush()
         deadline = ticks_add(ticks_ms(), _SYNC_TIMEOUT_MS)
         while not self._synced:
             left = ticks_diff(deadline, ticks_ms())
@@ -348,7 +403,7 @@ class Board:
 
     # -- the board interface ---------------------------------------------------
     def input(self, pin, pull):
-        self._pad(pin, "u" if pull == "up" else ("d" if pull == "down" else "z"))
+        self._pad(pin, _PAD_U if pull == "up" else (_PAD_D if pull == "down" else _PAD_Z))
         return _In(self, pin, pull)
 
     def output(self, pin, value, open_drain):
@@ -371,6 +426,7 @@ class Board:
         """One I2C transfer: send it, wait for the SBC's answer (other wires lines go on)."""
         self._i2c_reply = None
         self._send("I " + request + "\n")
+        self._flush()
         deadline = ticks_add(ticks_ms(), _I2C_TIMEOUT_MS)
         while self._i2c_reply is None:
             left = ticks_diff(deadline, ticks_ms())
@@ -385,6 +441,7 @@ class Board:
         return _unhex(reply)
 
     def wait(self, timeout_ms):
+        self._flush()  # what this pass set goes to the SBC before the board sleeps
         if timeout_ms < 0:
             timeout_ms = 0
         deadline = ticks_add(ticks_ms(), timeout_ms)
@@ -440,6 +497,7 @@ class Board:
             self._chip.write(msg)
 
     def reboot(self):
+        self._flush()
         sys.exit(EXIT_REBOOT)
 
 
