@@ -1,15 +1,19 @@
 """Stand-in BMCs on PTYs for bridge tests and benchmarks: they answer `hello` and `metrics`.
 
-    python tests/fake_bmc.py RACK_DIR SLOT SERIAL [--garbage | --replay FILE]
+    python tests/fake_bmc.py RACK_DIR SLOT SERIAL [--garbage | --replay FILE [--pace PACE]]
 
 Links RACK_DIR/slotSLOT to its PTY like `bmc-sim` does, and renders its metrics
 with the firmware's own `bmc.metrics.Out` (a counter of scrapes it answered, its
 serial in `bmc_info`); `--garbage` sends an exposition with a malformed line
 instead, `--replay FILE` sends FILE's text (a recorded firmware render, with
 `@SERIAL@` replaced by SERIAL). It answers at once: no MicroPython, no render
-cost. Stopping it (SIGSTOP) is a hung BMC, killing it an unplugged one. The
-firmware's real output is tested under MicroPython in test_metrics_firmware.py
-and through bmc-sim in test_metrics_sim.py.
+cost. With `--pace PACE` (JSON: `{"sizes": [chunk bytes...], "offsets_ms": [when
+each chunk went out...], "done_ms": when the response did}`, as recorded from a
+real BMC) the replay is cut into those chunks and each is sent at its recorded
+time after the request, sleeping in between: a BMC that takes the real render's
+time on a CPU of its own, without taking the host's. Stopping it (SIGSTOP) is a
+hung BMC, killing it an unplugged one. The firmware's real output is tested under
+MicroPython in test_metrics_firmware.py and through bmc-sim in test_metrics_sim.py.
 
 `Fakes` starts and stops such processes (tests/test_bridge.py, bench/metrics.py).
 """
@@ -24,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from bmc import codec
 from bmc.metrics import Out
@@ -91,9 +95,13 @@ def main() -> None:
     rack, slot, serial = sys.argv[1], sys.argv[2], sys.argv[3]
     mode = sys.argv[4] if len(sys.argv) > 4 else ""
     replay: Optional[bytes] = None
+    pace: Optional[Dict[str, Any]] = None
     if mode == "--replay":
         with open(sys.argv[5], encoding="utf-8") as f:
             replay = f.read().replace(SERIAL_TOKEN, serial).encode()
+        if len(sys.argv) > 7 and sys.argv[6] == "--pace":
+            with open(sys.argv[7], encoding="utf-8") as f:
+                pace = json.load(f)
     master, slave = os.openpty()
     name = os.ttyname(slave)
     import tty
@@ -107,7 +115,10 @@ def main() -> None:
     writer = codec.FrameWriter(_Master(master))
     replay_chunks: Optional[List[bytes]] = None
     replay_reply = codec.dumps({"ok": True, "data": {}})
-    if replay is not None:  # cut as the firmware's Out cuts: full payloads, then the rest
+    offsets: List[float] = []
+    if replay is not None and pace is not None:  # cut and timed as the recorded render
+        replay_chunks, offsets = _paced_chunks(replay, pace)
+    elif replay is not None:  # cut as the firmware's Out cuts: full payloads, then the rest
         size = codec.MAX_PAYLOAD
         replay_chunks = [replay[i : i + size] for i in range(0, len(replay), size)]
     scrapes = 0
@@ -133,6 +144,15 @@ def main() -> None:
                 if kind != codec.KIND_REQUEST:
                     continue
                 msg = json.loads(bytes(payload))
+                if msg.get("cmd") == "metrics" and replay_chunks is not None and offsets:
+                    scrapes += 1
+                    t0 = time.monotonic()
+                    for chunk, at in zip(replay_chunks, offsets):
+                        time.sleep(max(t0 + at - time.monotonic(), 0.0))
+                        _write_all(master, codec.encode_frame(codec.KIND_CHUNK, rid, chunk))
+                    time.sleep(max(t0 + offsets[-1] - time.monotonic(), 0.0))
+                    _write_all(master, codec.encode_frame(codec.KIND_RESPONSE, rid, replay_reply))
+                    continue
                 if msg.get("cmd") == "metrics" and replay_chunks is not None:
                     # the whole answer (chunks and response) in one write: a stand-in
                     # should cost the CPU it shares with the bridge as little as it can
@@ -159,6 +179,26 @@ def main() -> None:
                 else:
                     reply = {"ok": False, "error": "unknown_command", "message": "fake"}
                 writer.send(codec.KIND_RESPONSE, rid, codec.dumps(reply))
+
+
+def _paced_chunks(text: bytes, pace: Dict[str, Any]) -> Tuple[List[bytes], List[float]]:
+    """`text` cut into the recorded chunk sizes (the last takes the rest, split if too
+    long); the time in seconds after the request of each chunk, then of the response."""
+    sizes: List[int] = pace["sizes"]
+    times: List[float] = [ms / 1000.0 for ms in pace["offsets_ms"]]
+    chunks: List[bytes] = []
+    offsets: List[float] = []
+    pos = 0
+    for i, size in enumerate(sizes):
+        if pos >= len(text):
+            break
+        end = len(text) if i == len(sizes) - 1 else pos + size
+        while pos < end:
+            chunks.append(text[pos : min(end, pos + codec.MAX_PAYLOAD)])
+            offsets.append(times[i])
+            pos += len(chunks[-1])
+    offsets.append(pace["done_ms"] / 1000.0)
+    return chunks, offsets
 
 
 def _write_all(fd: int, data: bytes) -> None:

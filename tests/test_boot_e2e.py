@@ -370,6 +370,49 @@ def test_tampered_cache_file(
     wait_for(lambda: boot_select_released(rack, 1), 5, "boot-select still asserted")
 
 
+def test_file_changed_on_the_bmc_flash(
+    rack: Rack, admin: Path, work: Path, rom: Callable[..., SimBootRom], tmp_path: Path
+) -> None:
+    """A byte of start4.elf changes on the BMC's flash after its upload (littlefs keeps no
+    checksum of file data): the chunk goes out with the CRC stored at upload, arrives as a
+    bad-CRC frame, and the relay refuses the file; the SBC never gets it."""
+    files = boot_files(work, "flash")
+    cache = tmp_path / "cache"
+    push_manifest(rack, 1, admin, work, "flash", cache)
+    image = rack.path / "slot1.img"
+    piece = files["start4.elf"][8192 : 8192 + 512]
+    flash = image.read_bytes()
+    found = []  # the live copy, and any stale ones the upload's appends left in free blocks
+    at = flash.find(piece)
+    while at >= 0:
+        found.append(at + 10)
+        at = flash.find(piece, at + 1)
+    assert found
+    with open(image, "r+b") as f:
+        for at in found:
+            f.seek(at)
+            f.write(bytes([flash[at] ^ 0x04]))
+    try:
+        sbc_off(rack, 1, admin)
+        since = last_seq(rack, 1, admin)
+        before = metrics(rack, 1)
+        r = rom(1)
+        assert boot_usb(rack, admin, 1, cache, r.path) == 1
+        assert "start4.elf" not in r.received and r.received["config.txt"] == files["config.txt"]
+        evs = events(rack, 1, admin, since)
+        detail = detail_of(evs, "boot_digest_mismatch")
+        assert "start4.elf" in detail and "corrupt stream from the BMC" in detail, detail
+        assert "start4.elf refused" in detail_of(evs, "usb_boot_failed")
+        after = metrics(rack, 1)
+        key = 'bmc_boot_refusals_total{reason="digest_mismatch"}'
+        assert after[key] - before[key] == 1
+    finally:
+        with open(image, "r+b") as f:
+            for at in found:
+                f.seek(at)
+                f.write(flash[at : at + 1])
+
+
 def test_missing_cache_file_and_unlisted_names(
     rack: Rack, admin: Path, work: Path, rom: Callable[..., SimBootRom], tmp_path: Path
 ) -> None:

@@ -55,7 +55,44 @@ def case_roundtrip():
     data = frame(7, b'{"cmd":"status"}')
     check(len(data) == codec.HEADER + 16 + codec.TRAILER, "frame size")
     got = parse_all(r, data)
-    check(got == [(codec.KIND_REQUEST, 1, 7, b'{"cmd":"status"}')], "roundtrip: %r" % (got,))
+    want = [(codec.KIND_REQUEST, codec.PROTO_VERSION, 7, b'{"cmd":"status"}')]
+    check(got == want, "roundtrip: %r" % (got,))
+
+
+def case_frame_bytes_pinned():
+    # version 2: the CRC covers the payload first, then header bytes 2..8
+    data = codec.encode_frame(codec.KIND_CHUNK, 0x0102, b"racklet")
+    want = binascii.unhexlify("b54d0302020107007261636b6c6574769dbfa4")
+    check(data == want, "frame bytes: %s" % binascii.hexlify(data).decode())
+    crc = binascii.crc32(data[2:8], binascii.crc32(b"racklet")) & 0xFFFFFFFF
+    check(data[-4:] == bytes([(crc >> s) & 0xFF for s in (0, 8, 16, 24)]), "crc layout")
+
+
+def case_version1_frame_counted_not_passed_up():
+    # a peer with the old layout (CRC over bytes 2 .. 8+len in wire order)
+    head = bytes([0xB5, 0x4D, codec.KIND_RESPONSE, 1, 3, 0, 2, 0])
+    crc = binascii.crc32(head[2:] + b"{}") & 0xFFFFFFFF
+    old = head + b"{}" + bytes([(crc >> s) & 0xFF for s in (0, 8, 16, 24)])
+    r = codec.FrameReader()
+    got = parse_all(r, old + frame(4, b"{}"))
+    check([g[2] for g in got] == [4], "old frame dropped: %r" % (got,))
+    check(r.old_version == 1 and r.bad_crc == 0, "counted: %d %d" % (r.old_version, r.bad_crc))
+
+
+def case_send_prepared_with_a_known_payload_crc():
+    s = _Stream()
+    w = codec.FrameWriter(s)
+    view = w.payload_view()
+    view[0:5] = b"chunk"
+    w.send_prepared(codec.KIND_CHUNK, 9, 5, binascii.crc32(b"chunk"))
+    check(bytes(s.out) == frame(9, b"chunk", codec.KIND_CHUNK), "reused crc")
+    # a stale CRC (the bytes changed since it was computed) makes a bad-CRC frame
+    view[0:5] = b"chunK"
+    w.send_prepared(codec.KIND_CHUNK, 10, 5, binascii.crc32(b"chunk"))
+    r = codec.FrameReader()
+    got = parse_all(r, bytes(s.out) + frame(11, b"{}"))
+    check([g[2] for g in got] == [9, 11], "stale crc dropped: %r" % (got,))
+    check(r.bad_crc == 1, "bad crc counted: %d" % r.bad_crc)
 
 
 def case_request_id_wraps_to_16_bits():
@@ -137,8 +174,8 @@ def case_unknown_kind_skipped():
 
 
 def case_other_version_passed_up():
-    got = parse_all(codec.FrameReader(), frame(17, b"{}", version=2))
-    check(got == [(codec.KIND_REQUEST, 2, 17, b"{}")], "version: %r" % (got,))
+    got = parse_all(codec.FrameReader(), frame(17, b"{}", version=9))
+    check(got == [(codec.KIND_REQUEST, 9, 17, b"{}")], "version: %r" % (got,))
 
 
 def case_max_payload_and_too_large():

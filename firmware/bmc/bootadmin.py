@@ -1,4 +1,4 @@
-"""Admin paths of the boot files: manifest changes and chunked uploads.
+"""Admin paths of the boot files: manifest changes, chunked uploads, chunk CRC sidecars.
 
 Loaded for one request and dropped after (`bmc.ondemand`); see bmc.bootfiles.
 """
@@ -11,6 +11,7 @@ from bmc import errors
 from bmc.bootfiles import (
     CHUNK_MAX,
     CMDLINE,
+    CRC_SUFFIX,
     INVENTORY_FILE,
     MANIFEST,
     MAX_FILES,
@@ -20,7 +21,8 @@ from bmc.bootfiles import (
     _hex,
     check_name,
 )
-from bmc.compat import const
+from bmc.codec import MAX_PAYLOAD
+from bmc.compat import const, mem_alloc
 
 _HEX = "0123456789abcdef"
 _HASH_BUF = const(512)
@@ -93,7 +95,8 @@ def set_manifest(bf, files, expect=None):
 def prune(bf):
     keep = [f[2] for f in bf.rec["files"] if f[3] == "bmc"]
     for n in os.listdir(bf.dir):
-        if n not in keep and n != "upload.tmp":
+        sha = n[: -len(CRC_SUFFIX)] if n.endswith(CRC_SUFFIX) else n
+        if sha not in keep and n != "upload.tmp":
             try:
                 os.remove(bf.dir + "/" + n)
             except OSError:
@@ -142,22 +145,99 @@ def put(bf, sha, size, offset, data, chunk_sha):
     if up[2] < size:
         return {"received": up[2], "complete": False}
     bf._up = None
-    got = file_sha(bf, bf._tmp)
+    crcs = bf.crc_table(MAX_PAYLOAD)
+    got, count = file_sha(bf, bf._tmp, crcs, MAX_PAYLOAD)
     if got != sha:
         os.remove(bf._tmp)
         _bad("whole-file digest mismatch: got %s, file discarded" % got)
-    os.rename(bf._tmp, bf.dir + "/" + sha)
+    path = bf.dir + "/" + sha
+    os.rename(bf._tmp, path)
+    if count >= 0:
+        save_crcs(bf, path, count, MAX_PAYLOAD)  # what streams send (bmc.bootfiles)
     return {"received": size, "complete": True}
 
 
-def file_sha(bf, path):
+def file_sha(bf, path, crcs, step):
+    """SHA-256 (hex) of a file, and the CRC-32 of each `step`-byte chunk stored into
+    the array `crcs` (its last entry left for the check): (hex, chunks), chunks -1
+    when they do not fit."""
     h = hashlib.sha256()
     buf = bytearray(_HASH_BUF)
     mv = memoryview(buf)
+    crc32 = binascii.crc32
+    c = 0
+    fill = 0
+    k = 0
     with open(path, "rb") as fh:
         while True:
             n = fh.readinto(buf)
             if not n:
                 break
             h.update(mv[:n])
-    return _hex(h.digest())
+            i = 0
+            while i < n:
+                take = min(n - i, step - fill)
+                c = crc32(mv[i : i + take], c)
+                fill += take
+                i += take
+                if fill == step:
+                    if k < len(crcs) - 1:
+                        crcs[k] = c & 0xFFFFFFFF
+                    k += 1
+                    c = 0
+                    fill = 0
+    if fill:
+        if k < len(crcs) - 1:
+            crcs[k] = c & 0xFFFFFFFF
+        k += 1
+    return _hex(h.digest()), (k if k < len(crcs) else -1)
+
+
+def send_indexing(bf, e, req, peak):
+    """Send stored entry `e` with its chunk CRCs computed as the chunks go (it has no
+    valid sidecar: stored by an older firmware, or a torn write), and write the
+    sidecar afterwards when the bytes sent had the manifest's SHA-256."""
+    path = bf.dir + "/" + e[2]
+    try:
+        fh = open(path, "rb")
+    except OSError:
+        raise errors.CmdError(errors.STORAGE, "%s is missing from the flash" % e[0])
+    view = req.chunk_view()
+    step = len(view)
+    crcs = bf.crc_table(step)
+    h = hashlib.sha256()
+    sent = 0
+    k = 0
+    whole = True  # every chunk but the last a full one, as the sidecar describes them
+    try:
+        peak = max(peak, mem_alloc())
+        while True:
+            n = fh.readinto(view)
+            if not n:
+                break
+            part = view if n == step else view[:n]
+            c = binascii.crc32(part) & 0xFFFFFFFF
+            h.update(part)
+            if k < len(crcs) - 1:
+                crcs[k] = c
+            if n != step and sent + n != e[1]:
+                whole = False
+            req.chunk_prepared(n, c)
+            sent += n
+            k += 1
+    finally:
+        fh.close()
+    if whole and sent == e[1] and k < len(crcs) and _hex(h.digest()) == e[2]:
+        save_crcs(bf, path, k, step)
+    return bf.streamed(e, sent, peak)
+
+
+def save_crcs(bf, path, count, step):
+    """Write the sidecar of `path` from the first `count` entries of the CRC table."""
+    crcs = bf.crc_table(step)
+    crcs[count] = binascii.crc32(memoryview(crcs)[:count], step) & 0xFFFFFFFF
+    try:
+        with open(path + CRC_SUFFIX, "wb") as fh:
+            fh.write(memoryview(crcs)[: count + 1])
+    except OSError:
+        pass  # without a sidecar the CRCs are computed while streaming

@@ -21,6 +21,17 @@ A relay asks (`report("serve", ...)`) before it serves any file, so every file
 the SBC gets, from the BMC or from the host cache, was vouched for by the
 current manifest; a changed manifest answers `conflict` and the boot fails.
 
+A stored file `<sha256>` has a sidecar `<sha256>.crc`: the CRC-32 of each
+MAX_PAYLOAD-sized chunk (u32 little endian, one per chunk, at most 256 B for a
+128 KiB file), then a u32 that checks them (CRC-32 of the list, seeded with the
+chunk size). It is written when the upload's SHA-256 has been verified
+(`bmc.bootadmin.put`), and lets a stream send each chunk with a CRC computed once
+(the frame CRC covers the payload first: `bmc.codec`) instead of once per chunk
+sent. Bytes that changed on the flash since then go out as bad-CRC frames, which
+the host refuses. A file without a valid sidecar (stored by an older firmware,
+or a torn write) is sent with CRCs computed as it goes, and its sidecar is
+written afterwards, when the bytes sent had the manifest's SHA-256.
+
 A `BootFiles` stays in RAM with what must outlive a request (the manifest,
 counters, an upload and a USB boot session in progress, whose timeout `tick`
 keeps); the code behind most methods is loaded for each call and dropped after
@@ -28,6 +39,7 @@ keeps); the code behind most methods is loaded for each call and dropped after
 changes and uploads in `bmc.bootadmin`. Its metrics are rendered by `bmc.metrics`.
 """
 
+import array
 import binascii
 import os
 
@@ -49,6 +61,7 @@ GENERATED = (CMDLINE, INVENTORY_FILE)
 SOURCES = ("bmc", "host")
 _NAME_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/"
 MANIFEST = "boot_manifest"
+CRC_SUFFIX = ".crc"  # a stored file's chunk CRCs (see the module docstring)
 
 REPORT_EVENTS = ("check", "serve", "mismatch", "missing", "refused", "done", "failed")
 COUNTERS = (
@@ -105,6 +118,7 @@ class BootFiles:
         for c in COUNTERS:
             self.counters[c] = 0
         self._gen_cache = None  # (key, [(name, data, sha)])
+        self._crcs = None  # chunk CRCs of the file being streamed or stored (crc_table)
         m, problem = store.load(MANIFEST, {})
         if problem and problem != "missing":
             events.add("store", "corrupt", "boot manifest: " + problem)
@@ -156,38 +170,75 @@ class BootFiles:
                 if f[0] == name:
                     if f[3] == "bmc" and (sha is None or sha == f[2]):
                         check_name(name)
-                        return self.send_stored(f, req, mem_alloc())
+                        return self.send_stored(f, req, 0)
                     break
         return self._serve("stream", name, gen, sha, req)
 
     def send_stored(self, e, req, peak):
-        """Send the stored file of manifest entry `e` as chunks (see bootserve.stream)."""
+        """Send the stored file of manifest entry `e` as chunks (see bootserve.stream),
+        each with its CRC from the file's sidecar. Without a valid sidecar
+        `bmc.bootadmin.send_indexing` sends it and writes the sidecar."""
+        path = self.dir + "/" + e[2]
+        view = req.chunk_view()
+        step = len(view)
+        size = e[1]
+        count = (size + step - 1) // step
+        crcs = self.crc_table(step)
+        if count >= len(crcs) or not self._load_crcs(path, count, step):
+            return self._admin("send_indexing", e, req, peak)
         try:
-            fh = open(self.dir + "/" + e[2], "rb")
+            fh = open(path, "rb")
         except OSError:
             raise errors.CmdError(errors.STORAGE, "%s is missing from the flash" % e[0])
-        view = req.chunk_view()
         send = req.chunk_prepared
         readinto = fh.readinto
         sent = 0
+        k = 0
         try:
-            peak = max(peak, mem_alloc())
-            k = 0
+            peak = max(peak, mem_alloc())  # the file is open: its buffers are allocated
             while True:
                 n = readinto(view)
                 if not n:
                     break
-                send(n)
+                if k < count and (n == step or sent + n == size):
+                    send(n, crcs[k])
+                else:  # not the chunk the sidecar describes (a short read): computed
+                    count = 0
+                    send(n)
                 sent += n
                 k += 1
-                if k & 7 == 0:
-                    peak = max(peak, mem_alloc())
         finally:
             fh.close()
         return self.streamed(e, sent, peak)
 
+    def crc_table(self, step):
+        """The resident table of chunk CRCs (one per `step`-byte chunk of the largest
+        file, and the check; `step` is codec.MAX_PAYLOAD), made at the first use."""
+        t = self._crcs
+        if t is None:
+            t = self._crcs = array.array("I", bytes(4 * (self.max_file // step + 2)))
+        return t
+
+    def _load_crcs(self, path, count, step):
+        """True when `path`'s sidecar holds `count` chunk CRCs for chunks of `step`."""
+        crcs = self._crcs
+        try:
+            with open(path + CRC_SUFFIX, "rb") as fh:
+                got = fh.readinto(crcs)
+        except OSError:
+            return False
+        if got != 4 * (count + 1):
+            return False
+        return crcs[count] == binascii.crc32(memoryview(crcs)[:count], step) & 0xFFFFFFFF
+
     def streamed(self, e, sent, peak):
-        """Bookkeeping after a stream of entry `e`: heap high-water, counters, size check."""
+        """Bookkeeping after a stream of entry `e`: heap high-water, counters, size check.
+
+        The high-water mark is sampled when the file is open and here at the end:
+        the loop between allocates next to nothing (a full chunk frame is written
+        from the writer's own buffer), so nothing higher lies between unless a
+        collection ran. mem_alloc() scans the heap's block table: sampling every
+        few chunks cost more than the chunks' frames."""
         self.heap_peak = max(peak, mem_alloc())
         self.counters["bytes_streamed"] += sent
         if sent != e[1]:
@@ -228,7 +279,7 @@ class BootFiles:
     def _used(self):
         total = 0
         for n in os.listdir(self.dir):
-            if n != "upload.tmp":
+            if n != "upload.tmp" and not n.endswith(CRC_SUFFIX):
                 total += self._stored_size(n)
         return total
 

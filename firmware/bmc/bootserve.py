@@ -99,8 +99,7 @@ def stream(bf, name, gen, sha, req):
 
     The heap's high-water mark while streaming (bytes allocated, garbage not yet
     collected included) is kept in `bf.heap_peak` for boot-status: sampled once
-    the file is open, every 8th chunk (mem_alloc() scans the heap's block
-    table, so not on every chunk) and at the end. Stored files go out through
+    the file is open and at the end (`BootFiles.streamed`). Stored files go out through
     the resident `BootFiles.send_stored`, which `BootFiles.stream` calls itself
     when the request is plainly good.
     """

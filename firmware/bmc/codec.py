@@ -8,11 +8,20 @@ Frame (little endian):
     4  u16 id      request id, echoed by every frame that answers it
     6  u16 len     payload length, at most MAX_PAYLOAD
     8  payload     JSON (request, response) or raw bytes (chunk)
-    8+len u32      CRC-32 of bytes 2 .. 8+len
+    8+len u32      CRC-32 of the payload, continued over the header bytes 2 .. 8:
+                   crc32(header[2:8], crc32(payload)) (version 2; version 1
+                   covered bytes 2 .. 8+len in wire order)
+
+The payload comes first in the CRC so that a sender can reuse a CRC it
+computed earlier for the same bytes (`FrameWriter.send_prepared(..., pcrc)`:
+the BMC keeps one per chunk of a stored boot file). A payload that no longer
+matches such a CRC arrives as a bad-CRC frame, which the reader counts.
 
 The reader resynchronises after garbage, CRC errors and half-sent frames
 (a partial frame older than STALE_MS is abandoned), and never holds more
-than one maximum frame: a peer cannot make it allocate.
+than one maximum frame: a peer cannot make it allocate. A frame that fails
+the CRC but carries version 1 and passes version 1's CRC is counted in
+`old_version` (and dropped): a host tells the user the peer's firmware is old.
 """
 
 import binascii
@@ -24,12 +33,13 @@ from bmc.compat import const, ticks_diff
 
 MAGIC0 = const(0xB5)
 MAGIC1 = const(0x4D)
-PROTO_VERSION = const(1)
+PROTO_VERSION = const(2)
 HEADER = const(8)
 TRAILER = const(4)
 MAX_PAYLOAD = const(2048)
 MAX_FRAME = const(2060)  # HEADER + MAX_PAYLOAD + TRAILER
 STALE_MS = const(200)
+_V1 = const(1)  # the protocol version whose CRC covered the header first
 
 KIND_REQUEST = const(1)
 KIND_RESPONSE = const(2)
@@ -58,6 +68,7 @@ class FrameReader:
         self.oversize = 0
         self.dropped = 0  # garbage bytes skipped while resynchronising
         self.stale = 0
+        self.old_version = 0  # frames of protocol version 1 (the other CRC layout)
 
     def space(self):
         """Writable view for `stream.readinto`; call `added(k)` afterwards."""
@@ -134,9 +145,14 @@ class FrameReader:
         total = HEADER + length + TRAILER
         if n < total:
             return 0
-        crc = binascii.crc32(self.mv[2 : HEADER + length]) & 0xFFFFFFFF
-        if crc != struct.unpack_from("<I", buf, HEADER + length)[0]:
-            self.bad_crc += 1
+        mv = self.mv
+        crc = binascii.crc32(mv[2:HEADER], binascii.crc32(mv[HEADER : HEADER + length]))
+        want = struct.unpack_from("<I", buf, HEADER + length)[0]
+        if crc & 0xFFFFFFFF != want:
+            if buf[3] == _V1 and binascii.crc32(mv[2 : HEADER + length]) & 0xFFFFFFFF == want:
+                self.old_version += 1
+            else:
+                self.bad_crc += 1
             return -1
         return total
 
@@ -212,21 +228,32 @@ class FrameWriter:
         self.stalled = 0
         self._sink = _Sink(self.mv[HEADER : HEADER + max_payload])
         self._stage = None  # made at the first reply
+        self._head = self.mv[2:HEADER]  # what the CRC covers after the payload
 
     def payload_view(self):
         """Where a caller may `readinto` a chunk before `send_prepared`."""
         return self.mv[HEADER : HEADER + self.max_payload]
 
-    def send_prepared(self, kind, req_id, length):
+    def send_prepared(self, kind, req_id, length, pcrc=None):
+        """Send the `length` payload bytes already in the buffer as one frame.
+
+        `pcrc`: the payload's CRC-32 when the caller knows it (computed earlier
+        for the same bytes); otherwise it is computed here.
+        """
         buf = self.buf
         buf[0] = MAGIC0
         buf[1] = MAGIC1
         buf[2] = kind
         buf[3] = PROTO_VERSION
         struct.pack_into("<HH", buf, 4, req_id & 0xFFFF, length)
-        crc = binascii.crc32(self.mv[2 : HEADER + length]) & 0xFFFFFFFF
-        struct.pack_into("<I", buf, HEADER + length, crc)
-        self._write_all(self.mv[: HEADER + length + TRAILER])
+        if pcrc is None:
+            pcrc = binascii.crc32(self.mv[HEADER : HEADER + length])
+        pcrc = binascii.crc32(self._head, pcrc) & 0xFFFFFFFF
+        struct.pack_into("<I", buf, HEADER + length, pcrc)
+        # a full frame is the whole buffer: written without a slice (no allocation)
+        self._write_all(
+            self.mv if length == self.max_payload else self.mv[: HEADER + length + TRAILER]
+        )
         self.frames += 1
 
     def send_json(self, kind, req_id, obj):
@@ -296,8 +323,7 @@ def encode_frame(kind, req_id, payload, version=PROTO_VERSION):
     if len(payload) > MAX_PAYLOAD:
         raise ValueError("payload too large")
     head = struct.pack("<BBBBHH", MAGIC0, MAGIC1, kind, version, req_id & 0xFFFF, len(payload))
-    crc = binascii.crc32(head[2:]) & 0xFFFFFFFF
-    crc = binascii.crc32(payload, crc) & 0xFFFFFFFF
+    crc = binascii.crc32(head[2:], binascii.crc32(payload)) & 0xFFFFFFFF
     return head + bytes(payload) + struct.pack("<I", crc)
 
 

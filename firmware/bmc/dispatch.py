@@ -6,7 +6,8 @@ Rarely used ones with `register_lazy(name, role, module, function)`: the
 module-level `bmc.<module>.<function>(app, req)` is imported for the request
 and dropped after it (`bmc.ondemand`), so its code costs RAM only while it
 runs. A streaming command sends chunks with `req.chunk(data)` (or fills
-`req.chunk_view()` and calls `req.chunk_prepared(n)`) before returning.
+`req.chunk_view()` and calls `req.chunk_prepared(n)`, or `chunk_prepared(n, crc)`
+with the bytes' CRC-32 when it was computed earlier) before returning.
 """
 
 import gc
@@ -39,8 +40,9 @@ class Request:
     def chunk_view(self):
         return self._writer.payload_view()
 
-    def chunk_prepared(self, n):
-        self._writer.send_prepared(codec.KIND_CHUNK, self.rid, n)
+    def chunk_prepared(self, n, pcrc=None):
+        """Send the first `n` bytes of `chunk_view()`; `pcrc`: their CRC-32 if known."""
+        self._writer.send_prepared(codec.KIND_CHUNK, self.rid, n, pcrc)
 
 
 class Dispatcher:

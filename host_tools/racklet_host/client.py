@@ -217,6 +217,7 @@ class BmcClient:
             rid = self._next_rid()
             self.link.send_frame(codec.KIND_REQUEST, rid, payload)
             deadline = time.monotonic() + wait
+            bad = self.link.bad_frames
             while True:
                 frame = self.link.read_frame(deadline)
                 if frame.req_id != rid:
@@ -232,6 +233,12 @@ class BmcClient:
                 nxt = msg.get("nonce")
                 if isinstance(nxt, str):
                     self._next_nonce = (nxt, time.monotonic())
+                lost = self.link.bad_frames - bad
+                if lost and on_chunk is not None:  # a hole in the stream: its data is not whole
+                    raise ProtocolError(
+                        f"{self.name}: {lost} frame(s) of the streamed answer arrived corrupt"
+                        " (CRC mismatch): the data is incomplete"
+                    )
                 return _response_data(msg, self.name)
 
     def call(

@@ -7,6 +7,11 @@ vanishes (USB unplugged, BMC rebooting, the simulator's PTY closed) raises
 `busy_wait=S` retries the exclusive open every few milliseconds for up to S
 seconds first (its turn comes as soon as the holder closes the port: the bridge
 holds a port only for one scrape).
+
+Frames that arrive corrupt (CRC mismatch) are dropped by the reader and counted
+in `Link.bad_frames`, so a caller can tell a stream with a hole from a whole one;
+a wait that ends without an answer says how many were dropped. A peer that frames
+with protocol version 1's CRC layout (an older firmware) is a `ProtocolError`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import NamedTuple, Optional
 import serial
 from bmc import codec
 
-from .errors import LinkGone, PortBusy, Timeout
+from .errors import LinkGone, PortBusy, ProtocolError, Timeout
 
 _READ_SIZE = 65536  # a whole metrics answer (~8 KB) in one read when it is there
 _BUSY_POLL = 0.002  # retry interval of a busy open: shorter than any gap between scrapes
@@ -42,6 +47,7 @@ class Link:
         self._ser: Optional[serial.Serial] = None
         self._reader = codec.FrameReader()
         self._rx = bytearray()
+        self._bad_before = 0  # corrupt frames counted by readers replaced since
         self.open()
 
     # -- opening and closing ------------------------------------------------
@@ -91,8 +97,7 @@ class Link:
         except OSError as e:
             raise LinkGone(f"cannot open {self.path}: {e.strerror or e}") from None
         self._ser = ser
-        self._reader = codec.FrameReader()
-        self._rx = bytearray()
+        self._new_reader()
 
     def close(self) -> None:
         ser, self._ser = self._ser, None
@@ -171,8 +176,17 @@ class Link:
         """Drop whatever is waiting to be read (stale answers, noise)."""
         while self.read_some(0):
             pass
+        self._new_reader()
+
+    def _new_reader(self) -> None:
+        self._bad_before += self._reader.bad_crc
         self._reader = codec.FrameReader()
         self._rx = bytearray()
+
+    @property
+    def bad_frames(self) -> int:
+        """Frames dropped for a CRC mismatch since this link was made."""
+        return self._bad_before + self._reader.bad_crc
 
     # -- frames -------------------------------------------------------------
 
@@ -183,12 +197,19 @@ class Link:
         """The next valid frame before `deadline` (a `time.monotonic()` value)."""
         reader = self._reader
         rx = self._rx
+        bad = reader.bad_crc
         while True:
             now = int(time.monotonic() * 1000)
             if rx:
                 k = reader.feed(rx, now)
                 del rx[:k]
             frame = reader.next_frame()
+            if reader.old_version:
+                raise ProtocolError(
+                    f"{self.path} frames with wire protocol version 1 (an older firmware);"
+                    f" this host speaks version {codec.PROTO_VERSION}: update the BMC's"
+                    " firmware (make deploy, docs/hardware.md)"
+                )
             if frame is not None:
                 kind, version, rid, payload = frame
                 return Frame(kind, version, rid, bytes(payload))
@@ -198,6 +219,12 @@ class Link:
                 continue  # the reader made room: feed the rest
             left = deadline - time.monotonic()
             if left <= 0:
+                lost = reader.bad_crc - bad
+                if lost:
+                    raise Timeout(
+                        f"no answer from {self.path}: {lost} frame(s) arrived corrupt"
+                        " (CRC mismatch) and were dropped"
+                    )
                 raise Timeout(f"no answer from {self.path}")
             data = self.read_some(min(left, 0.25))
             if data:

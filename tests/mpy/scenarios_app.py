@@ -66,8 +66,8 @@ def _walk(d, prefix, out):
 
 def scenario_hello_and_status(tmp):
     rig = fresh(tmp)
-    h = ok(rig.host.call("hello", {"proto": 1}))
-    assert h["proto"] == 1 and h["board"] == "pico-rpi4", h
+    h = ok(rig.host.call("hello", {"proto": codec.PROTO_VERSION}))
+    assert h["proto"] == codec.PROTO_VERSION and h["board"] == "pico-rpi4", h
     assert h["serial"] == rig.app.serial and len(h["serial"]) == 16
     assert "power" in h["caps"] and h["provisioned"] is False
     err(rig.host.call("hello", {"proto": 9}), "unsupported_version")

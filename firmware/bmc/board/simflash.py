@@ -25,16 +25,26 @@ class FileBlockDevice:
         self.f = f
         self.block_size = block_size
         self.block_count = block_count
+        # littlefs reads often (a 60 KB file: ~130 reads, most following the last one):
+        # bound methods, and no seek where the file already is
+        self._seek = f.seek
+        self._readinto = f.readinto
+        self._pos = -1  # the image file's position after the last read, -1: unknown
 
     def readblocks(self, block, buf, offset=0):
-        self.f.seek(block * self.block_size + offset)
-        n = self.f.readinto(buf)
+        at = block * self.block_size + offset
+        if at != self._pos:
+            self._seek(at)
+        self._pos = -1
+        n = self._readinto(buf)
         if n is None or n < len(buf):
             raise OSError(5)  # EIO: the image is shorter than the filesystem
+        self._pos = at + n
 
     def writeblocks(self, block, buf, offset=None):
         if offset is None:  # simple interface: erase, then program whole blocks
             offset = 0
+        self._pos = -1
         self.f.seek(block * self.block_size + offset)
         self.f.write(buf)
 
@@ -50,6 +60,7 @@ class FileBlockDevice:
 
     def _fill(self, at, n):
         """Write n erased (0xff) bytes at offset `at`."""
+        self._pos = -1
         f = self.f
         f.seek(at)
         k = len(_ERASED)

@@ -168,6 +168,7 @@ class Scraper:
             results.append(res)
             loop.start(port, res)
         try:
+            loop.send()
             loop.run()
         finally:
             late = loop.close()
@@ -257,6 +258,7 @@ class _Loop:
         self.deadline = deadline
         self.fetches: List[_Fetch] = []
         self.waiting: List[_Fetch] = []  # for a port another program holds
+        self.unsent: List[_Fetch] = []  # opened by `start`, request not sent yet
         self.active = 0
         self.sel = selectors.DefaultSelector()
 
@@ -273,9 +275,9 @@ class _Loop:
             return
         f = _Fetch(port, res, self._next_rid())
         self.fetches.append(f)
-        self._open(f)
+        self._open(f, later=True)
 
-    def _open(self, f: _Fetch) -> None:
+    def _open(self, f: _Fetch, later: bool = False) -> None:
         try:
             try:
                 link = Link(f.port.resolve())
@@ -292,17 +294,35 @@ class _Loop:
                     f"port {f.port.name} is busy: another program has held it for {held:.1f} s"
                 ) from None
             try:
-                link.send_frame(codec.KIND_REQUEST, f.rid, _REQUEST)
                 fd = link.fileno()
+                self.sel.register(fd, selectors.EVENT_READ, f)
             except BaseException:
                 link.close()
                 raise
-            self.sel.register(fd, selectors.EVENT_READ, f)
             f.link = link
             f.fd = fd
             self.active += 1
+            if later:
+                self.unsent.append(f)
+            else:
+                link.send_frame(codec.KIND_REQUEST, f.rid, _REQUEST)
         except Exception as e:
             self._fail(f, e)
+
+    def send(self) -> None:
+        """The request to every BMC whose link `start` opened.
+
+        Links are opened first and the requests sent after, back to back: a request
+        wakes its BMC (here a process that may take the CPU from the bridge), and the
+        last request goes out as early as it can.
+        """
+        unsent, self.unsent = self.unsent, []
+        for f in unsent:
+            if f.link is not None:
+                try:
+                    f.link.send_frame(codec.KIND_REQUEST, f.rid, _REQUEST)
+                except Exception as e:
+                    self._fail(f, e)
 
     def _end(self, f: _Fetch) -> None:
         """Close the link and let the next command have it."""

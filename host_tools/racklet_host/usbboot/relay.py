@@ -29,7 +29,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..client import BmcClient
-from ..errors import BmcError, Conflict, LinkGone, NotFound, Timeout
+from ..errors import BmcError, Conflict, LinkGone, NotFound, ProtocolError, Timeout
 from ..keys import Key
 from .transport import PRODUCTS, ROM_SERIALS, UsbBus, UsbDevice, UsbError, ep_read, ep_write
 
@@ -156,12 +156,17 @@ class BmcSource:
                 raise BootFailed(f"{e.name}: the BMC sent more than {e.size} bytes")
             buf.extend(chunk)
 
-        self.client.call(
-            "boot-file-read",
-            {"name": e.name, "gen": self.gen, "sha256": e.sha256},
-            self.key,
-            on_chunk=sink,
-        )
+        try:
+            self.client.call(
+                "boot-file-read",
+                {"name": e.name, "gen": self.gen, "sha256": e.sha256},
+                self.key,
+                on_chunk=sink,
+            )
+        except ProtocolError as ex:
+            # A chunk whose bytes no longer match the CRC the BMC stored for them
+            # (its flash changed under the file) arrives as a bad-CRC frame.
+            return None, f"corrupt stream from the BMC ({ex.message})"
         got = hashlib.sha256(buf).hexdigest()
         if len(buf) != e.size or got != e.sha256:
             return None, f"digest mismatch from the BMC: sha256 {got}, {len(buf)} B"
