@@ -22,7 +22,7 @@ from bmc.bootfiles import (
     check_name,
 )
 from bmc.codec import MAX_PAYLOAD
-from bmc.compat import const, mem_alloc
+from bmc.compat import const
 
 _HEX = "0123456789abcdef"
 _HASH_BUF = const(512)
@@ -210,7 +210,6 @@ def send_indexing(bf, e, req, peak):
     k = 0
     whole = True  # every chunk but the last a full one, as the sidecar describes them
     try:
-        peak = max(peak, mem_alloc())
         while True:
             n = fh.readinto(view)
             if not n:

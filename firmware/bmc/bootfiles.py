@@ -195,7 +195,6 @@ class BootFiles:
         sent = 0
         k = 0
         try:
-            peak = max(peak, mem_alloc())  # the file is open: its buffers are allocated
             while True:
                 n = readinto(view)
                 if not n:
@@ -234,11 +233,13 @@ class BootFiles:
     def streamed(self, e, sent, peak):
         """Bookkeeping after a stream of entry `e`: heap high-water, counters, size check.
 
-        The high-water mark is sampled when the file is open and here at the end:
-        the loop between allocates next to nothing (a full chunk frame is written
-        from the writer's own buffer), so nothing higher lies between unless a
-        collection ran. mem_alloc() scans the heap's block table: sampling every
-        few chunks cost more than the chunks' frames."""
+        The high-water mark is sampled here, at the end: what the stream allocated
+        (the open file, its buffers) is still counted, as nothing was collected
+        since, and the chunk loop allocates next to nothing (a full chunk frame is
+        written from the writer's own buffer); only a collection during the stream
+        (the link's own allocations) would hide a higher point. mem_alloc() scans
+        the heap's block table: sampling every few chunks cost more than the
+        chunks' frames."""
         self.heap_peak = max(peak, mem_alloc())
         self.counters["bytes_streamed"] += sent
         if sent != e[1]:

@@ -98,8 +98,8 @@ def stream(bf, name, gen, sha, req):
     """Send a "bmc" or "gen" file as chunks; returns its size and digest.
 
     The heap's high-water mark while streaming (bytes allocated, garbage not yet
-    collected included) is kept in `bf.heap_peak` for boot-status: sampled once
-    the file is open and at the end (`BootFiles.streamed`). Stored files go out through
+    collected included) is kept in `bf.heap_peak` for boot-status: sampled
+    here and at the end (`BootFiles.streamed`). Stored files go out through
     the resident `BootFiles.send_stored`, which `BootFiles.stream` calls itself
     when the request is plainly good.
     """

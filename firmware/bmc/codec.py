@@ -46,6 +46,8 @@ KIND_RESPONSE = const(2)
 KIND_CHUNK = const(3)
 
 _MAGIC = b"\xb5"
+_crc32 = binascii.crc32
+_pack_into = struct.pack_into
 _MAC_DOMAIN = "racklet-bmc-v1\n"
 
 
@@ -229,6 +231,10 @@ class FrameWriter:
         self._sink = _Sink(self.mv[HEADER : HEADER + max_payload])
         self._stage = None  # made at the first reply
         self._head = self.mv[2:HEADER]  # what the CRC covers after the payload
+        buf = self.buf
+        buf[0] = MAGIC0  # the bytes every frame starts with, set once
+        buf[1] = MAGIC1
+        buf[3] = PROTO_VERSION
 
     def payload_view(self):
         """Where a caller may `readinto` a chunk before `send_prepared`."""
@@ -239,21 +245,30 @@ class FrameWriter:
 
         `pcrc`: the payload's CRC-32 when the caller knows it (computed earlier
         for the same bytes); otherwise it is computed here.
+
+        Called once per chunk: kept to few locals and a shallow stack, so that
+        MicroPython keeps its frame on the C stack (a frame of more than 11
+        words is allocated on the heap at every call: ~160 B counted towards the
+        collection threshold per chunk). The magic and version bytes were set
+        once in __init__.
         """
-        buf = self.buf
-        buf[0] = MAGIC0
-        buf[1] = MAGIC1
-        buf[2] = kind
-        buf[3] = PROTO_VERSION
-        struct.pack_into("<HH", buf, 4, req_id & 0xFFFF, length)
+        self.buf[2] = kind
+        self.buf[4] = req_id & 0xFF
+        self.buf[5] = (req_id >> 8) & 0xFF
+        self.buf[6] = length & 0xFF
+        self.buf[7] = length >> 8
         if pcrc is None:
-            pcrc = binascii.crc32(self.mv[HEADER : HEADER + length])
-        pcrc = binascii.crc32(self._head, pcrc) & 0xFFFFFFFF
-        struct.pack_into("<I", buf, HEADER + length, pcrc)
+            pcrc = _crc32(self.mv[HEADER : HEADER + length])
+        pcrc = _crc32(self._head, pcrc) & 0xFFFFFFFF
+        _pack_into("<I", self.buf, HEADER + length, pcrc)
+        self._send(length)
+
+    def _send(self, length):
         # a full frame is the whole buffer: written without a slice (no allocation)
-        self._write_all(
-            self.mv if length == self.max_payload else self.mv[: HEADER + length + TRAILER]
-        )
+        if length == self.max_payload:
+            self._write_all(self.mv)
+        else:
+            self._write_all(self.mv[: HEADER + length + TRAILER])
         self.frames += 1
 
     def send_json(self, kind, req_id, obj):
