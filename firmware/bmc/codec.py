@@ -370,47 +370,75 @@ def canon(value):
     return "".join(out)
 
 
+# Canonicalisation runs on every signed request. Pieces go to one list joined once,
+# the type tests build no tuples, and each function keeps a frame MicroPython holds
+# on the C stack (a frame of more than 11 words is allocated on the heap at every
+# call, and counts towards the collection threshold): the cases are split up.
 def _canon(value, out):
-    # Pieces go to one list joined once, and the type tests build no tuples: a
-    # signed request's arguments are canonicalised on every request.
     if isinstance(value, str):
         out.append(_quote(value))
-    elif value is None or value is True or value is False or isinstance(value, int):
-        out.append(json.dumps(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(str(value))  # what json.dumps gives for an int, on both runtimes
     elif isinstance(value, dict):
-        sep = "{"
-        for k in sorted(value):
-            if not isinstance(k, str):
-                raise ValueError("object keys must be strings")
-            out.append(sep)
-            out.append(_quote(k))
-            out.append(":")
-            _canon(value[k], out)
-            sep = ","
-        out.append("{}" if sep == "{" else "}")
+        _canon_dict(value, out)
     elif isinstance(value, list) or isinstance(value, tuple):
-        sep = "["
-        for v in value:
-            out.append(sep)
-            _canon(v, out)
-            sep = ","
-        out.append("[]" if sep == "[" else "]")
+        _canon_list(value, out)
     else:
         raise ValueError("unsupported value in arguments")
+
+
+def _canon_dict(value, out):
+    keys = sorted(value)
+    if not keys:
+        out.append("{}")
+        return
+    i = 0
+    while i < len(keys):
+        k = keys[i]
+        if not isinstance(k, str):
+            raise ValueError("object keys must be strings")
+        out.append("," if i else "{")
+        out.append(_quote(k))
+        out.append(":")
+        _canon(value[k], out)
+        i += 1
+    out.append("}")
+
+
+def _canon_list(value, out):
+    if not value:
+        out.append("[]")
+        return
+    i = 0
+    while i < len(value):
+        out.append("," if i else "[")
+        _canon(value[i], out)
+        i += 1
+    out.append("]")
 
 
 def _quote(s):
     """A JSON string, escaped identically on both runtimes (json.dumps is not:
     CPython escapes non-ASCII, MicroPython does not).
 
-    Unescaped runs are sliced whole: a long argument (a base64 upload chunk)
-    costs one copy, not a list entry per character. A string that json.dumps
-    (C) returns only quoted holds nothing to escape ('"', '\\', controls are
-    always escaped there, each into more than one character), so the loop runs
-    only for strings that need it."""
+    A string that json.dumps (C) returns only quoted holds nothing to escape
+    ('"', '\\', controls are always escaped there, each into more than one
+    character), so the loop (`_escape`) runs only for strings that need it."""
     q = json.dumps(s)
     if len(q) == len(s) + 2:  # nothing escaped: exactly '"' + s + '"'
         return q
+    return _escape(s)
+
+
+def _escape(s):
+    # Unescaped runs are sliced whole: a long argument (a base64 upload chunk)
+    # costs one copy, not a list entry per character.
     out = None
     start = 0
     i = 0
@@ -439,5 +467,8 @@ _SHORT_NAMES = "bfnrt"
 
 
 def mac_input(serial, nonce, cmd, args):
-    """The exact bytes an authenticated request's MAC covers."""
-    return ("%s%s\n%s\n%s\n%s" % (_MAC_DOMAIN, serial, nonce, cmd, canon(args or {}))).encode()
+    """The exact bytes an authenticated request's MAC covers:
+    domain, serial, nonce, command (each line-terminated) and canon(args)."""
+    out = [_MAC_DOMAIN, serial, "\n", nonce, "\n", cmd, "\n"]
+    _canon(args or {}, out)
+    return "".join(out).encode()
