@@ -180,6 +180,12 @@ def run(tmp):
     assert "usb_boot_timeout" in causes and "usb_boot_release" in causes, causes
     print("PASS orchestration")
 
+    import os
+
+    bf.set_manifest([])  # the file leaves the manifest: it and its sidecar leave the flash
+    assert os.listdir(bf.dir) == [], os.listdir(bf.dir)
+    print("PASS prune")
+
 
 if __name__ == "__main__":
     try:
