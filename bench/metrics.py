@@ -166,14 +166,15 @@ def run() -> None:
         paced = Fakes(pathlib.Path(tmp) / "paced")
         paced.rack.mkdir()
         try:
-            paced.start_many(list(range(1, BOARDS + 1)), "--replay", template, "--pace", pace_file)
+            paced.start_paced(list(range(1, BOARDS + 1)), template, pace_file)
             pports = discovery.rack_ports(str(paced.rack))
             offsets = "/".join(f"{t:.1f}" for t in pace["offsets_ms"])
             print(
                 f"metrics: {BOARDS} paced stand-in BMCs replay that render as the simulated BMC "
                 f"sent it when scraped alone: {len(pace['sizes'])} chunks at {offsets} ms, "
-                f"answer complete at {pace['done_ms']:.1f} ms (median of {PACE_ROUNDS}); they "
-                "sleep in between, so each renders as on a CPU of its own, as on a rack"
+                f"answer complete at {pace['done_ms']:.1f} ms (median of {PACE_ROUNDS}); one "
+                "process sleeps until the next chunk is due, so each BMC renders as on a CPU "
+                "of its own, as on a rack"
             )
             paced_ratio, _ = _measure("paced stand-ins", pports, PACED_ROUNDS)
         finally:

@@ -1,25 +1,32 @@
 """Stand-in BMCs on PTYs for bridge tests and benchmarks: they answer `hello` and `metrics`.
 
-    python tests/fake_bmc.py RACK_DIR SLOT SERIAL [--garbage | --replay FILE [--pace PACE]]
+    python tests/fake_bmc.py RACK_DIR SLOT SERIAL [--garbage | --replay FILE]
+    python tests/fake_bmc.py RACK_DIR --paced FILE PACE SLOT...
 
 Links RACK_DIR/slotSLOT to its PTY like `bmc-sim` does, and renders its metrics
 with the firmware's own `bmc.metrics.Out` (a counter of scrapes it answered, its
 serial in `bmc_info`); `--garbage` sends an exposition with a malformed line
 instead, `--replay FILE` sends FILE's text (a recorded firmware render, with
 `@SERIAL@` replaced by SERIAL). It answers at once: no MicroPython, no render
-cost. With `--pace PACE` (JSON: `{"sizes": [chunk bytes...], "offsets_ms": [when
-each chunk went out...], "done_ms": when the response did}`, as recorded from a
-real BMC) the replay is cut into those chunks and each is sent at its recorded
-time after the request, sleeping in between: a BMC that takes the real render's
-time on a CPU of its own, without taking the host's. Stopping it (SIGSTOP) is a
-hung BMC, killing it an unplugged one. The firmware's real output is tested under
-MicroPython in test_metrics_firmware.py and through bmc-sim in test_metrics_sim.py.
+cost. Stopping it (SIGSTOP) is a hung BMC, killing it an unplugged one.
+
+`--paced` runs one stand-in per SLOT (serial SERIALnn) in a single process, each
+replaying FILE as a BMC that renders on a CPU of its own: PACE (JSON: `{"sizes":
+[chunk bytes...], "offsets_ms": [when each chunk went out...], "done_ms": when
+the response did}`, recorded from a real BMC) cuts the text into those chunks,
+and each goes out at its recorded time after that BMC's request. In between the
+process sleeps; one process for all slots wakes once for every chunk due at that
+moment, so the stand-ins take as little of the host's CPU as they can.
+
+The firmware's real output is tested under MicroPython in test_metrics_firmware.py
+and through bmc-sim in test_metrics_sim.py.
 
 `Fakes` starts and stops such processes (tests/test_bridge.py, bench/metrics.py).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import pathlib
@@ -63,6 +70,20 @@ class Fakes:
             if line != "ready":
                 raise RuntimeError(f"stand-in BMC did not start: {line!r}")
 
+    def start_paced(self, slots: List[int], template: str, pace: str) -> None:
+        """Paced stand-ins for `slots`, all in one process (see `--paced`)."""
+        p = subprocess.Popen(
+            [sys.executable, __file__, str(self.rack), "--paced", template, pace]
+            + [str(s) for s in slots],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.procs[-len(self.procs) - 1] = p  # not a slot: one process serves them all
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"paced stand-in BMCs did not start: {line!r}")
+
     def stop_all(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:
@@ -95,30 +116,15 @@ def main() -> None:
     rack, slot, serial = sys.argv[1], sys.argv[2], sys.argv[3]
     mode = sys.argv[4] if len(sys.argv) > 4 else ""
     replay: Optional[bytes] = None
-    pace: Optional[Dict[str, Any]] = None
     if mode == "--replay":
         with open(sys.argv[5], encoding="utf-8") as f:
             replay = f.read().replace(SERIAL_TOKEN, serial).encode()
-        if len(sys.argv) > 7 and sys.argv[6] == "--pace":
-            with open(sys.argv[7], encoding="utf-8") as f:
-                pace = json.load(f)
-    master, slave = os.openpty()
-    name = os.ttyname(slave)
-    import tty
-
-    tty.setraw(slave)
-    link = os.path.join(rack, f"slot{slot}")
-    tmp = link + ".tmp"
-    os.symlink(name, tmp)
-    os.replace(tmp, link)
+    master = _pty(rack, slot)
     reader = codec.FrameReader()
     writer = codec.FrameWriter(_Master(master))
     replay_chunks: Optional[List[bytes]] = None
     replay_reply = codec.dumps({"ok": True, "data": {}})
-    offsets: List[float] = []
-    if replay is not None and pace is not None:  # cut and timed as the recorded render
-        replay_chunks, offsets = _paced_chunks(replay, pace)
-    elif replay is not None:  # cut as the firmware's Out cuts: full payloads, then the rest
+    if replay is not None:  # cut as the firmware's Out cuts: full payloads, then the rest
         size = codec.MAX_PAYLOAD
         replay_chunks = [replay[i : i + size] for i in range(0, len(replay), size)]
     scrapes = 0
@@ -144,15 +150,6 @@ def main() -> None:
                 if kind != codec.KIND_REQUEST:
                     continue
                 msg = json.loads(bytes(payload))
-                if msg.get("cmd") == "metrics" and replay_chunks is not None and offsets:
-                    scrapes += 1
-                    t0 = time.monotonic()
-                    for chunk, at in zip(replay_chunks, offsets):
-                        time.sleep(max(t0 + at - time.monotonic(), 0.0))
-                        _write_all(master, codec.encode_frame(codec.KIND_CHUNK, rid, chunk))
-                    time.sleep(max(t0 + offsets[-1] - time.monotonic(), 0.0))
-                    _write_all(master, codec.encode_frame(codec.KIND_RESPONSE, rid, replay_reply))
-                    continue
                 if msg.get("cmd") == "metrics" and replay_chunks is not None:
                     # the whole answer (chunks and response) in one write: a stand-in
                     # should cost the CPU it shares with the bridge as little as it can
@@ -179,6 +176,72 @@ def main() -> None:
                 else:
                     reply = {"ok": False, "error": "unknown_command", "message": "fake"}
                 writer.send(codec.KIND_RESPONSE, rid, codec.dumps(reply))
+
+
+def _pty(rack: str, slot: str) -> int:
+    """A raw PTY linked as RACK/slotSLOT (as bmc-sim does); its master end."""
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    link = os.path.join(rack, f"slot{slot}")
+    tmp = link + ".tmp"
+    os.symlink(os.ttyname(slave), tmp)
+    os.replace(tmp, link)
+    return master
+
+
+def paced_main(rack: str, template: str, pace_file: str, slots: List[str]) -> None:
+    with open(template, encoding="utf-8") as f:
+        text = f.read()
+    with open(pace_file, encoding="utf-8") as f:
+        pace = json.load(f)
+    reply = codec.dumps({"ok": True, "data": {}})
+    masters: Dict[int, Tuple[str, codec.FrameReader, List[bytes], List[float]]] = {}
+    for slot in slots:
+        serial = f"SERIAL{int(slot):02d}"
+        chunks, offsets = _paced_chunks(text.replace(SERIAL_TOKEN, serial).encode(), pace)
+        masters[_pty(rack, slot)] = (serial, codec.FrameReader(), chunks, offsets)
+    due: List[Tuple[float, int, int, bytes]] = []  # (when, seq, master, frame): a heap
+    seq = 0
+    print("ready", flush=True)
+    while True:
+        wait = max(due[0][0] - time.monotonic(), 0.0) if due else 1.0
+        ready, _, _ = select.select(list(masters), [], [], wait)
+        now = time.monotonic()
+        while due and due[0][0] <= now:
+            _, _, fd, frame = heapq.heappop(due)
+            _write_all(fd, frame)
+        for fd in ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                continue
+            serial, reader, chunks, offsets = masters[fd]
+            while data:
+                k = reader.feed(data)
+                data = data[k:]
+                while True:
+                    f = reader.next_frame()
+                    if f is None:
+                        break
+                    kind, _, rid, payload = f
+                    if kind != codec.KIND_REQUEST:
+                        continue
+                    cmd = json.loads(bytes(payload)).get("cmd")
+                    if cmd == "metrics":
+                        frames = [codec.encode_frame(codec.KIND_CHUNK, rid, c) for c in chunks]
+                        frames.append(codec.encode_frame(codec.KIND_RESPONSE, rid, reply))
+                        for frame, at in zip(frames, offsets):
+                            seq += 1  # in order, also when two are due at the same time
+                            heapq.heappush(due, (now + at, seq, fd, frame))
+                        continue
+                    if cmd == "hello":
+                        answer = {"ok": True, "data": {"serial": serial, "proto": 1}}
+                    else:
+                        answer = {"ok": False, "error": "unknown_command", "message": "fake"}
+                    frame = codec.encode_frame(codec.KIND_RESPONSE, rid, codec.dumps(answer))
+                    _write_all(fd, frame)
 
 
 def _paced_chunks(text: bytes, pace: Dict[str, Any]) -> Tuple[List[bytes], List[float]]:
@@ -216,4 +279,7 @@ class _Master:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2 and sys.argv[2] == "--paced":
+        paced_main(sys.argv[1], sys.argv[3], sys.argv[4], sys.argv[5:])
+    else:
+        main()

@@ -165,6 +165,10 @@ def test_hung_bmc_is_down_and_the_others_answer(bridge: str, fakes: Fakes) -> No
             if k[0] == "bmc_scrape_errors_total" and dict(k[1])["slot"] == "slot2"
         }
         assert errors == {"timeout": 1}
+        # the scrape let go of the hung BMC's link at its deadline: bmcctl can have it
+        from racklet_host.transport import Link
+
+        Link(str(fakes.rack / "slot2")).close()  # PortBusy if the bridge still held it
     finally:
         fakes.procs[2].send_signal(signal.SIGCONT)
     # it answers again once it runs (a scrape may first find its old request finishing)
@@ -359,3 +363,33 @@ def test_bad_expositions_are_refused(bad: str, why: str) -> None:
         expo.parse(bad)
     with pytest.raises(expo.ExpositionError, match=why):
         expo.parse(bad)  # nor is a refused one remembered as good
+
+
+def test_expositions_cut_anywhere_into_chunks_read_as_whole() -> None:
+    """Chunks split lines, families and UTF-8 characters anywhere: same answer or error."""
+    from racklet_host.bridge import expo
+
+    text = GOOD.replace("Commands", "Commands \u00e9t\u00e9 \u2713").encode()
+    assert len(text) > len(GOOD)  # multi-byte characters to cut through
+
+    def read(cuts: Tuple[int, ...], data: bytes) -> bytes:
+        reader = expo.Reader("slot1")
+        last = 0
+        for cut in (*cuts, len(data)):
+            reader.feed(data[last:cut])
+            last = cut
+        merger = expo.Merger()
+        merger.add(reader.finish(), "S1", "slot1")
+        return expo.render(merger, True)
+
+    whole = read((), text)
+    assert omcheck.openmetrics(whole.decode()) == []
+    assert 'cmds_total{serial="S1",slot="slot1",result="ok"} 3\n' in whole.decode()
+    for i in range(1, len(text)):
+        assert read((i,), text) == whole, i
+    for i in range(1, len(text), 7):
+        assert read((i, min(i + 5, len(text) - 1), min(i + 40, len(text) - 1)), text) == whole
+    bad = text.replace(b"up_seconds 12.5", b"up_seconds 12,5")
+    for i in range(1, len(bad), 5):
+        with pytest.raises(expo.ExpositionError, match="line 7: malformed line"):
+            read((i,), bad)

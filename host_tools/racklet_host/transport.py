@@ -17,12 +17,14 @@ with protocol version 1's CRC layout (an older firmware) is a `ProtocolError`.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
+import struct
+import termios
 import time
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
-import serial
 from bmc import codec
 
 from .errors import LinkGone, PortBusy, ProtocolError, Timeout
@@ -44,7 +46,7 @@ class Link:
     def __init__(self, path: str, busy_wait: float = 0.0) -> None:
         self.path = path
         self.busy_wait = busy_wait  # seconds an open waits for a port another program holds
-        self._ser: Optional[serial.Serial] = None
+        self._port: Optional[int] = None  # file descriptor of the open port
         self._reader = codec.FrameReader()
         self._rx = bytearray()
         self._bad_before = 0  # corrupt frames counted by readers replaced since
@@ -76,40 +78,46 @@ class Link:
                 time.sleep(min(_BUSY_POLL, left))
 
     def _open_once(self) -> None:
+        """What pyserial's exclusive open does, in a few system calls (the bridge opens
+        every port at every scrape): non-blocking open, flock, raw 8N1 at 115200 baud
+        (set only when the port is not so already), DTR and RTS up, stale input dropped."""
         try:
-            ser = serial.Serial()
-            ser.port = self.path
-            ser.baudrate = 115200
-            ser.timeout = 0
-            ser.write_timeout = 5
-            ser.exclusive = True
-            ser.open()
-        except serial.SerialException as e:
-            # pyserial reports the flock failure and ENOENT both as SerialException
-            text = str(e)
-            if "exclusively lock" in text or getattr(e, "errno", None) in (
-                errno.EAGAIN,
-                errno.EWOULDBLOCK,
-                errno.EBUSY,
-            ):
-                raise PortBusy(f"port {self.path} is busy: another program has it open") from None
-            raise LinkGone(f"cannot open {self.path}: {_reason(e)}") from None
+            fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError as e:
-            raise LinkGone(f"cannot open {self.path}: {e.strerror or e}") from None
-        self._ser = ser
+            reason = "no such device" if e.errno == errno.ENOENT else (e.strerror or str(e))
+            raise LinkGone(f"cannot open {self.path}: {reason}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
+                    raise PortBusy(
+                        f"port {self.path} is busy: another program has it open"
+                    ) from None
+                raise
+            _raw_mode(fd)
+            termios.tcflush(fd, termios.TCIFLUSH)
+        except (OSError, termios.error) as e:
+            os.close(fd)
+            text = e.strerror if isinstance(e, OSError) else e.args[-1]
+            raise LinkGone(f"cannot open {self.path}: {text}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._port = fd
         self._new_reader()
 
     def close(self) -> None:
-        ser, self._ser = self._ser, None
-        if ser is not None:
+        fd, self._port = self._port, None
+        if fd is not None:
             try:
-                ser.close()
-            except (OSError, serial.SerialException):
+                os.close(fd)
+            except OSError:
                 pass
 
     @property
     def is_open(self) -> bool:
-        return self._ser is not None
+        return self._port is not None
 
     def __enter__(self) -> Link:
         return self
@@ -122,11 +130,9 @@ class Link:
         return self._fd()
 
     def _fd(self) -> int:
-        if self._ser is None:
+        if self._port is None:
             raise LinkGone(f"link to {self.path} is closed")
-        fd = self._ser.fileno()
-        assert isinstance(fd, int)
-        return fd
+        return self._port
 
     # -- bytes --------------------------------------------------------------
 
@@ -151,15 +157,20 @@ class Link:
                 select.select([], [fd], [], min(left, 0.05))
 
     def read_some(self, timeout: float) -> bytes:
-        """Bytes available within `timeout` seconds (b"" if none arrived)."""
+        """Bytes available within `timeout` seconds (b"" if none arrived).
+
+        With no time to wait the port is read at once (it is non-blocking): one system
+        call, for callers that already know it is readable.
+        """
         fd = self._fd()
-        try:
-            ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
-        except (OSError, ValueError) as e:
-            self.close()
-            raise LinkGone(f"{self.path} went away ({e})") from None
-        if not ready:
-            return b""
+        if timeout > 0:
+            try:
+                ready, _, _ = select.select([fd], [], [], timeout)
+            except (OSError, ValueError) as e:
+                self.close()
+                raise LinkGone(f"{self.path} went away ({e})") from None
+            if not ready:
+                return b""
         try:
             data = os.read(fd, _READ_SIZE)
         except BlockingIOError:
@@ -232,26 +243,69 @@ class Link:
             else:
                 reader.expire(int(time.monotonic() * 1000))
 
-    def poll_frame(self) -> Optional[Frame]:
-        """The next frame from what has arrived, without waiting; None if none is complete.
+    def poll_frames(self) -> List[Frame]:
+        """The frames complete with what has arrived, without waiting (one read).
 
-        For callers that wait on many links at once: after the port became readable,
-        call this until it returns None.
+        For callers that wait on many links at once: call it when the port is readable.
         """
         data = self.read_some(0)
         if data:
             self._rx += data
         else:
             self._reader.expire(int(time.monotonic() * 1000))
+        frames: List[Frame] = []
         try:
-            return self.read_frame(0.0)  # a deadline long passed: only what is here
+            while True:
+                frames.append(self.read_frame(0.0))  # a deadline long passed: what is here
         except Timeout:
-            return None
+            return frames
 
 
-def _reason(e: BaseException) -> str:
-    inner = e.args[1] if len(e.args) > 1 else e
-    text = str(inner)
-    if "No such file" in text:
-        return "no such device"
-    return text
+_RAW_IFLAG_OFF = (
+    termios.INLCR
+    | termios.IGNCR
+    | termios.ICRNL
+    | termios.IGNBRK
+    | termios.PARMRK
+    | termios.INPCK
+    | termios.ISTRIP
+    | termios.IXON
+    | termios.IXOFF
+    | termios.IXANY
+)
+_RAW_LFLAG_OFF = (
+    termios.ICANON
+    | termios.ECHO
+    | termios.ECHOE
+    | termios.ECHOK
+    | termios.ECHONL
+    | termios.ISIG
+    | termios.IEXTEN
+)
+_RAW_OFLAG_OFF = termios.OPOST | termios.ONLCR | termios.OCRNL
+_CFLAG_OFF = termios.CSIZE | termios.PARENB | termios.CSTOPB | termios.CRTSCTS
+_CFLAG_ON = termios.CS8 | termios.CLOCAL | termios.CREAD
+
+
+def _raw_mode(fd: int) -> None:
+    """Raw 8N1 at 115200 baud (the baud rate means nothing to USB CDC), DTR and RTS up."""
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
+    want = [
+        iflag & ~_RAW_IFLAG_OFF,
+        oflag & ~_RAW_OFLAG_OFF,
+        (cflag & ~_CFLAG_OFF) | _CFLAG_ON,
+        lflag & ~_RAW_LFLAG_OFF,
+        termios.B115200,
+        termios.B115200,
+        list(cc),
+    ]
+    want[6][termios.VMIN] = 1  # as pyserial: a read of a port with nothing waiting is EAGAIN
+    want[6][termios.VTIME] = 0
+    if want != [iflag, oflag, cflag, lflag, ispeed, ospeed, cc]:
+        termios.tcsetattr(fd, termios.TCSANOW, want)
+    try:
+        lines = struct.pack("I", termios.TIOCM_DTR | termios.TIOCM_RTS)
+        fcntl.ioctl(fd, termios.TIOCMBIS, lines)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTTY):  # a PTY has no modem lines
+            raise

@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from itertools import chain
+from operator import attrgetter
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, cast
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 TEXT_004 = "text/plain; version=0.0.4; charset=utf-8"
@@ -301,6 +303,29 @@ def _check_block(block: str) -> Optional[Family]:
     return Family(name, typ, help_text, unit or "", samples)
 
 
+_get_reserved = attrgetter("_reserved")
+_get_parts = attrgetter("_parts")
+
+
+def _checked(block: str) -> Optional[Family]:
+    """A block not in the cache, checked (None if invalid) and cached with its template."""
+    fam = _check_block(block)
+    if fam is None:
+        try:
+            found = _families("# HELP " + block + "\n")
+        except ExpositionError:
+            return None
+        if len(found) != 1:
+            return None
+        fam = found[0]
+    fam.reserved()
+    fam._parts = fam._template()
+    if len(_BLOCKS) >= _BLOCKS_MAX:
+        _BLOCKS.clear()
+    _BLOCKS[block] = fam
+    return fam
+
+
 class Reader:
     """One BMC's text, checked and split into families as its chunks arrive.
 
@@ -352,41 +377,39 @@ class Reader:
         self._blocks(text.split("\n# HELP "))
 
     def _blocks(self, blocks: List[str]) -> None:
-        cache = _BLOCKS
-        names = self._names
-        families = self.families
-        for block in blocks:
-            fam = cache.get(block)
-            if fam is None:
-                fam = _check_block(block)
+        # map/chain/attrgetter keep the per-family work in C: a BMC sends ~50 families
+        new: List[Optional[Family]] = list(map(_BLOCKS.get, blocks))
+        if None in new:
+            for i, fam in enumerate(new):
                 if fam is None:
-                    try:
-                        found = _families("# HELP " + block + "\n")
-                    except ExpositionError:
+                    fam = new[i] = _checked(blocks[i])
+                    if fam is None:
                         self._whole = True
                         return
-                    if len(found) != 1:
-                        self._whole = True
-                        return
-                    fam = found[0]
-                if len(cache) >= _BLOCKS_MAX:
-                    cache.clear()
-                cache[block] = fam
-            reserved = fam.reserved()
-            if not names.isdisjoint(reserved):
-                self._whole = True
-                return
-            names.update(reserved)
-            families.append(fam)
-            if fam.name == "bmc" and self.serial is None:
-                self.serial = _first_label(fam, "serial") or ""
+        fams = cast(List[Family], new)
+        # names never repeat or clash, across families and against earlier chunks
+        reserved = list(chain.from_iterable(map(_get_reserved, fams)))
+        names = self._names
+        if len(set(reserved)) != len(reserved) or not names.isdisjoint(reserved):
+            self._whole = True
+            return
+        names.update(reserved)
+        start = len(self.families)
+        self.families.extend(fams)
+        if self.serial is None:
+            for fam in fams:
+                if fam.name == "bmc":
+                    self.serial = _first_label(fam, "serial") or ""
+                    break
         if self._slot is not None and self.serial is not None:
             prefix = self._prefix
             if prefix is None:
                 prefix = self._prefix = _target(self.serial, self._slot)
             done = self._labelled
-            for fam in families[len(done) :]:
-                done.append(fam.labelled(*prefix))
+            if len(done) == start and all(map(_get_parts, fams)):
+                done.extend(map(prefix[0].join, map(_get_parts, fams)))
+            else:  # a family labelled sample by sample, or the serial came late
+                done.extend(f.labelled(*prefix) for f in self.families[len(done) :])
 
     def finish(self) -> Exposition:
         """The checked exposition; ExpositionError if the text is not valid."""

@@ -344,10 +344,7 @@ class _Loop:
         link = f.link
         assert link is not None
         try:
-            while True:
-                frame = link.poll_frame()
-                if frame is None:
-                    return
+            for frame in link.poll_frames():
                 if frame.req_id != f.rid:
                     continue  # a late answer to an earlier scrape
                 if frame.kind == codec.KIND_CHUNK:
