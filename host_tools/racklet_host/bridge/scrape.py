@@ -41,12 +41,6 @@ _BUSY_POLL = 0.002  # retry interval for a port another program holds
 _REQUEST = codec.dumps({"cmd": "metrics", "args": {}})
 
 
-class Busy(BmcError):
-    """The bridge's own previous command on this link has not finished."""
-
-    code = "busy"
-
-
 class LinkManager:
     """One command at a time per BMC link, shared by everything in the bridge."""
 
