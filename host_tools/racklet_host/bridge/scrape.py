@@ -31,7 +31,7 @@ from bmc import codec
 
 from .. import discovery
 from ..client import _decode, _response_data
-from ..errors import BmcError, LinkGone, NoBmcFound, PortBusy
+from ..errors import BmcError, LinkGone, NoBmcFound, PortBusy, ProtocolError
 from ..transport import Link
 from . import expo
 
@@ -347,6 +347,11 @@ class _Loop:
                 if frame.kind != codec.KIND_RESPONSE:
                     continue
                 _response_data(_decode(frame.payload, f.port.name), f.port.name)
+                if link.bad_frames:  # a hole in the stream (the link is new at each scrape)
+                    raise ProtocolError(
+                        f"{f.port.name}: {link.bad_frames} frame(s) of the metrics arrived"
+                        " corrupt (CRC mismatch): the data is incomplete"
+                    )
                 parsed = f.reader.finish()
                 f.res.exposition = parsed
                 serial = parsed.label("bmc", "serial")
