@@ -35,7 +35,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from bmc import codec
 from bmc.metrics import Out
@@ -138,44 +138,55 @@ def main() -> None:
         except OSError:
             time.sleep(0.01)
             continue
-        now = int(time.monotonic() * 1000)
-        while data:
-            k = reader.feed(data, now)
-            data = data[k:]
-            while True:
-                f = reader.next_frame()
-                if f is None:
-                    break
-                kind, _, rid, payload = f
-                if kind != codec.KIND_REQUEST:
-                    continue
-                msg = json.loads(bytes(payload))
-                if msg.get("cmd") == "metrics" and replay_chunks is not None:
-                    # the whole answer (chunks and response) in one write: a stand-in
-                    # should cost the CPU it shares with the bridge as little as it can
-                    scrapes += 1
-                    frames = [codec.encode_frame(codec.KIND_CHUNK, rid, c) for c in replay_chunks]
-                    frames.append(codec.encode_frame(codec.KIND_RESPONSE, rid, replay_reply))
-                    _write_all(master, b"".join(frames))
-                    continue
-                if msg.get("cmd") == "metrics":
-                    scrapes += 1
-                    view = writer.payload_view()
+        for rid, msg in _requests(reader, data):
+            if msg.get("cmd") == "metrics" and replay_chunks is not None:
+                # the whole answer (chunks and response) in one write: a stand-in
+                # should cost the CPU it shares with the bridge as little as it can
+                scrapes += 1
+                frames = [codec.encode_frame(codec.KIND_CHUNK, rid, c) for c in replay_chunks]
+                frames.append(codec.encode_frame(codec.KIND_RESPONSE, rid, replay_reply))
+                _write_all(master, b"".join(frames))
+                continue
+            if msg.get("cmd") == "metrics":
+                scrapes += 1
+                view = writer.payload_view()
 
-                    def flush(n: int, rid: int = rid) -> None:
-                        writer.send_prepared(codec.KIND_CHUNK, rid, n)
+                def flush(n: int, rid: int = rid) -> None:
+                    writer.send_prepared(codec.KIND_CHUNK, rid, n)
 
-                    out = Out(view, flush)
-                    if mode == "--garbage":
-                        render_garbage(serial, out)
-                    else:
-                        render(serial, slot, scrapes, out)
-                    reply = {"ok": True, "data": {}}
-                elif msg.get("cmd") == "hello":
-                    reply = {"ok": True, "data": {"serial": serial, "proto": 1, "board": "fake"}}
+                out = Out(view, flush)
+                if mode == "--garbage":
+                    render_garbage(serial, out)
                 else:
-                    reply = {"ok": False, "error": "unknown_command", "message": "fake"}
-                writer.send(codec.KIND_RESPONSE, rid, codec.dumps(reply))
+                    render(serial, slot, scrapes, out)
+                reply = {"ok": True, "data": {}}
+            else:
+                reply = _answer(msg, serial)
+            writer.send(codec.KIND_RESPONSE, rid, codec.dumps(reply))
+
+
+def _requests(reader: codec.FrameReader, data: bytes) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """(request id, message) of every request frame `data` completes."""
+    while data:
+        k = reader.feed(data, int(time.monotonic() * 1000))
+        data = data[k:]
+        while True:
+            f = reader.next_frame()
+            if f is None:
+                break
+            kind, _, rid, payload = f
+            if kind == codec.KIND_REQUEST:
+                yield rid, json.loads(bytes(payload))
+
+
+def _answer(msg: Dict[str, Any], serial: str) -> Dict[str, Any]:
+    """The reply to a request other than `metrics`."""
+    if msg.get("cmd") == "hello":
+        return {
+            "ok": True,
+            "data": {"serial": serial, "proto": codec.PROTO_VERSION, "board": "fake"},
+        }
+    return {"ok": False, "error": "unknown_command", "message": "fake"}
 
 
 def _pty(rack: str, slot: str) -> int:
@@ -218,30 +229,16 @@ def paced_main(rack: str, template: str, pace_file: str, slots: List[str]) -> No
             except OSError:
                 continue
             serial, reader, chunks, offsets = masters[fd]
-            while data:
-                k = reader.feed(data)
-                data = data[k:]
-                while True:
-                    f = reader.next_frame()
-                    if f is None:
-                        break
-                    kind, _, rid, payload = f
-                    if kind != codec.KIND_REQUEST:
-                        continue
-                    cmd = json.loads(bytes(payload)).get("cmd")
-                    if cmd == "metrics":
-                        frames = [codec.encode_frame(codec.KIND_CHUNK, rid, c) for c in chunks]
-                        frames.append(codec.encode_frame(codec.KIND_RESPONSE, rid, reply))
-                        for frame, at in zip(frames, offsets):
-                            seq += 1  # in order, also when two are due at the same time
-                            heapq.heappush(due, (now + at, seq, fd, frame))
-                        continue
-                    if cmd == "hello":
-                        answer = {"ok": True, "data": {"serial": serial, "proto": 1}}
-                    else:
-                        answer = {"ok": False, "error": "unknown_command", "message": "fake"}
-                    frame = codec.encode_frame(codec.KIND_RESPONSE, rid, codec.dumps(answer))
-                    _write_all(fd, frame)
+            for rid, msg in _requests(reader, data):
+                if msg.get("cmd") == "metrics":
+                    frames = [codec.encode_frame(codec.KIND_CHUNK, rid, c) for c in chunks]
+                    frames.append(codec.encode_frame(codec.KIND_RESPONSE, rid, reply))
+                    for frame, at in zip(frames, offsets):
+                        seq += 1  # in order, also when two are due at the same time
+                        heapq.heappush(due, (now + at, seq, fd, frame))
+                    continue
+                answer = _answer(msg, serial)
+                _write_all(fd, codec.encode_frame(codec.KIND_RESPONSE, rid, codec.dumps(answer)))
 
 
 def _paced_chunks(text: bytes, pace: Dict[str, Any]) -> Tuple[List[bytes], List[float]]:
