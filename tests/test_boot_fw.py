@@ -94,4 +94,6 @@ def test_boot_modules_micropython(keyed_tmp: pathlib.Path) -> None:
     proc = run_micropython(HERE / "mpy" / "boot_units.py", str(keyed_tmp))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     passed = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("PASS ")]
-    assert passed == ["inventory", "stream", "chunk", "orchestration", "prune"], proc.stdout
+    assert passed == ["inventory", "stream", "chunk", "orchestration", "stream", "prune"], (
+        proc.stdout
+    )

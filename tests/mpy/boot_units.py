@@ -10,6 +10,7 @@ import binascii
 import gc
 import hashlib
 import json
+import os
 import sys
 
 from bmc import errors, events, store
@@ -56,6 +57,76 @@ def crcs_of(data, step=2048):
     return out + bytes([(c >> s) & 0xFF for s in (0, 8, 16, 24)])
 
 
+class Counting:
+    """A request whose chunks are counted, not kept: a stream's own allocations show."""
+
+    def __init__(self, check=False):
+        self.buf = bytearray(2048)
+        self.chunks = 0
+        self.sent = 0
+        self.check = check  # also: the CRC of all bytes sent, chunks sent with a wrong CRC
+        self.crc = 0
+        self.stale = 0
+
+    def chunk_view(self):
+        return memoryview(self.buf)
+
+    def chunk_prepared(self, n, pcrc=None):
+        self.chunks += 1
+        self.sent += n
+        if self.check:
+            mv = memoryview(self.buf)[:n]
+            if pcrc is not None and pcrc != binascii.crc32(mv) & 0xFFFFFFFF:
+                self.stale += 1
+            self.crc = binascii.crc32(mv, self.crc)
+
+
+def restarted(bf):
+    """The same flash seen by a BMC that restarted (nothing kept in RAM)."""
+    return BootFiles(bf._store, bf.events, bf.clock, bf.inventory)
+
+
+def check(ok, what):
+    """An assert that stays when the harness is compiled with -O2 (which drops asserts)."""
+    if not ok:
+        raise AssertionError(what)
+
+
+def stream_alloc(bf, name, sha):
+    req = Counting()
+    gc.collect()
+    before = gc.mem_alloc()
+    bf.stream(name, None, sha, req)
+    return gc.mem_alloc() - before, req
+
+
+def stream_heap(bf, small, small_sha):
+    """A stream allocates nothing per chunk: a 6-chunk file costs what a 3-chunk one does."""
+    gc.collect()
+    big = bytearray(12000)
+    for i in range(12000):
+        big[i] = (i * 13 + (i >> 9)) & 0xFF
+    big_sha = hx(big)
+    off = 0
+    while off < len(big):
+        c = big[off : off + 1024]
+        bf.put(big_sha, len(big), off, binascii.b2a_base64(c).decode(), hx(c))
+        off += len(c)
+    files = [{"name": "start4.elf", "size": len(small), "sha256": small_sha, "src": "bmc"}]
+    files.append({"name": "kernel8.img", "size": len(big), "sha256": big_sha, "src": "bmc"})
+    bf.set_manifest(files)
+    first, req = stream_alloc(bf, "kernel8.img", big_sha)
+    check(req.sent == len(big) and req.chunks == 6, (req.sent, req.chunks))
+    again, req = stream_alloc(bf, "kernel8.img", big_sha)
+    check(req.sent == len(big), req.sent)
+    few, req = stream_alloc(bf, "start4.elf", small_sha)
+    few, req = stream_alloc(bf, "start4.elf", small_sha)
+    check(req.chunks == 3, req.chunks)
+    # 6 chunks allocate what 3 do: nothing per chunk
+    check(again - few < 64, (again, few))
+    return "%d B for 6 chunks, %d B for 3; %d B the first time" % (again, few, first)
+
+
 def stream_sidecar(bf, data, sha):
     """The chunk CRCs stored at upload are the ones sent; without a sidecar (an older
     firmware's file) they are computed and the sidecar comes back; bytes changed on
@@ -63,7 +134,6 @@ def stream_sidecar(bf, data, sha):
     want = crcs_of(data)
     assert sidecar(bf, sha) == want, sidecar(bf, sha)
     path = bf.dir + "/" + sha
-    import os
 
     bad = {"torn": want[:-1], "wrong size": want + want, "flipped": bytes([want[0] ^ 1]) + want[1:]}
     for damage in ("missing", "torn", "wrong size", "flipped"):
@@ -72,6 +142,7 @@ def stream_sidecar(bf, data, sha):
         else:
             with open(path + ".crc", "wb") as f:
                 f.write(bad[damage])
+        bf = restarted(bf)
         req = Req()
         bf.stream("start4.elf", 1, sha, req)
         assert bytes(req.out) == data and req.stale == 0, (damage, req.stale)
@@ -84,6 +155,7 @@ def stream_sidecar(bf, data, sha):
     bf.stream("start4.elf", 1, sha, req)
     assert req.stale == 1 and bytes(req.out) != data, req.stale
     os.remove(path + ".crc")
+    bf = restarted(bf)
     req = Req()
     bf.stream("start4.elf", 1, sha, req)  # CRCs computed: the host's SHA-256 check refuses it
     assert req.stale == 0 and sidecar(bf, sha) is None, "sidecar written for damaged bytes"
@@ -180,8 +252,7 @@ def run(tmp):
     assert "usb_boot_timeout" in causes and "usb_boot_release" in causes, causes
     print("PASS orchestration")
 
-    import os
-
+    print("PASS stream heap (%s)" % stream_heap(bf, data, sha))
     bf.set_manifest([])  # the file leaves the manifest: it and its sidecar leave the flash
     assert os.listdir(bf.dir) == [], os.listdir(bf.dir)
     print("PASS prune")
