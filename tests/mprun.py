@@ -29,12 +29,13 @@ def run_micropython(
     """
     script = pathlib.Path(script)
     fwbuild.build(BUILD)
-    harness = BUILD.parent / ("mpy-" + script.parent.name)
+    harness = BUILD.parent / ("mpy-O0-" + script.parent.name)
     compiler = fwbuild.mpy_cross()
     for src in script.parent.glob("*.py"):
         dest = harness / src.with_suffix(".mpy").name
         if not dest.exists() or dest.stat().st_mtime_ns < src.stat().st_mtime_ns:
-            fwbuild.compile_one(compiler, src, dest, src.name)
+            # -O0: the harness's `assert`s must run (-O1 and up compile them away)
+            fwbuild.compile_one(compiler, src, dest, src.name, opt=0)
     path = [".frozen", str(BUILD), str(harness), *extra_path]
     env = dict(os.environ, MICROPYPATH=":".join(path))
     return subprocess.run(

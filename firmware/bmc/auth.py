@@ -11,7 +11,7 @@ import hashlib
 import os
 
 from bmc import codec, errors
-from bmc.compat import const, ticks_add, ticks_diff
+from bmc.compat import const
 from bmc.dispatch import ADMIN, OPERATOR, PUBLIC, ROLE_RANK
 from bmc.hmac256 import HmacKey, ct_equal
 
@@ -169,7 +169,7 @@ class Auth:
             slot = nonces[i]
             if slot is not None and slot[0] == nonce:
                 nonces[i] = None
-                if ticks_diff(now, slot[1]) > NONCE_TTL_MS:
+                if self.clock.ticks_diff(now, slot[1]) > NONCE_TTL_MS:
                     return "expired"
                 return "ok"
         return "bad_nonce"
@@ -179,7 +179,7 @@ class Auth:
         """Milliseconds of lock-out left (0 when not locked out)."""
         if self._locked_until is None:
             return 0
-        left = ticks_diff(self._locked_until, self.clock.ticks_ms())
+        left = self.clock.ticks_diff(self._locked_until, self.clock.ticks_ms())
         if left <= 0:
             self._locked_until = None
             return 0
@@ -192,7 +192,7 @@ class Auth:
         if self.in_a_row >= _FREE_FAILURES:
             shift = min(self.in_a_row - _FREE_FAILURES, 9)
             wait = min(_BACKOFF_BASE_MS << shift, _BACKOFF_MAX_MS)
-            self._locked_until = ticks_add(self.clock.ticks_ms(), wait)
+            self._locked_until = self.clock.ticks_add(self.clock.ticks_ms(), wait)
             self.lockouts += 1
             self.events.add("lockout", reason, "%d ms" % wait)
         raise errors.CmdError(errors.AUTH_FAILED, message)

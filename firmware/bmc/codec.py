@@ -91,14 +91,15 @@ class FrameReader:
         self.added(k, now)
         return k
 
-    def expire(self, now):
+    def expire(self, now, diff=ticks_diff):
         """Abandon a half-received frame once the link has gone quiet.
 
         Nothing is in flight after STALE_MS of silence, so every incomplete
         frame held is garbage: drop up to the first complete one, or all.
+        `diff`: the ticks_diff of the clock `now` comes from (the BMC's clock).
         """
         self._compact()
-        if self.n and ticks_diff(now, self.last_rx) > STALE_MS:
+        if self.n and diff(now, self.last_rx) > STALE_MS:
             self.stale += 1
             self.last_rx = now
             while self.n:

@@ -81,7 +81,7 @@ class Dispatcher:
                 self._handle(frame)
             except codec.LinkStalled:
                 self._count("link_stalled")  # the host went away mid-answer
-        reader.expire(now)
+        reader.expire(now, self.clock.ticks_diff)
 
     def _count(self, label):
         r = self.results

@@ -70,11 +70,14 @@ def build(out_dir: pathlib.Path) -> list[pathlib.Path]:
     return outputs
 
 
-def compile_one(compiler: str, src: pathlib.Path, dest: pathlib.Path, name: str) -> None:
+def compile_one(
+    compiler: str, src: pathlib.Path, dest: pathlib.Path, name: str, opt: int = 2
+) -> None:
+    """Compile `src` to `dest`; `opt` 0 keeps `assert` statements (test harnesses)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".mpy.tmp")
     proc = subprocess.run(
-        [compiler, f"-march={MARCH}", "-O2", "-s", name, "-o", str(tmp), str(src)],
+        [compiler, f"-march={MARCH}", f"-O{opt}", "-s", name, "-o", str(tmp), str(src)],
         capture_output=True,
         text=True,
     )
