@@ -393,3 +393,38 @@ def test_expositions_cut_anywhere_into_chunks_read_as_whole() -> None:
     for i in range(1, len(bad), 5):
         with pytest.raises(expo.ExpositionError, match="line 7: malformed line"):
             read((i,), bad)
+
+
+def test_poll_frames_takes_whole_frames_and_leaves_the_rest_to_the_reader() -> None:
+    """Frames read in one go: the valid ones come out in order, a corrupt one is dropped and
+    counted, garbage is skipped, and a frame cut short completes with the next read."""
+    import tty
+
+    from bmc import codec
+    from racklet_host.transport import Link
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    link = Link(os.ttyname(slave))
+    try:
+        good = [codec.encode_frame(codec.KIND_CHUNK, 5, bytes([65 + i]) * 300) for i in range(4)]
+        bad = bytearray(codec.encode_frame(codec.KIND_CHUNK, 5, b"x" * 100))
+        bad[20] ^= 1
+        last = codec.encode_frame(codec.KIND_RESPONSE, 5, b'{"ok":true}')
+        os.write(master, good[0] + good[1] + bytes(bad) + b"junk" + good[2] + good[3][:50])
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += link.poll_frames()
+        os.write(master, good[3][50:] + last)
+        while len(got) < 5 and time.monotonic() < deadline:
+            got += link.poll_frames()
+        assert [(f.kind, f.req_id, f.payload) for f in got] == [
+            (codec.KIND_CHUNK, 5, bytes([65 + i]) * 300) for i in range(4)
+        ] + [(codec.KIND_RESPONSE, 5, b'{"ok":true}')]
+        assert link.bad_frames == 1
+        assert link.poll_frames() == []
+    finally:
+        link.close()
+        os.close(master)
+        os.close(slave)

@@ -406,9 +406,16 @@ class Reader:
             if prefix is None:
                 prefix = self._prefix = _target(self.serial, self._slot)
             done = self._labelled
-            if len(done) == start and all(map(_get_parts, fams)):
-                done.extend(map(prefix[0].join, map(_get_parts, fams)))
-            else:  # a family labelled sample by sample, or the serial came late
+            if len(done) == start:
+                parts = list(map(_get_parts, fams))
+                if all(parts):
+                    done.extend(map(prefix[0].join, parts))
+                else:  # a family labelled sample by sample (the `bmc` info: its serial label)
+                    join = prefix[0].join
+                    done.extend(
+                        [join(p) if p else f.labelled(*prefix) for f, p in zip(fams, parts)]
+                    )
+            else:  # the serial came late
                 done.extend(f.labelled(*prefix) for f in self.families[len(done) :])
 
     def finish(self) -> Exposition:
