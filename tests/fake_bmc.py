@@ -165,8 +165,8 @@ def main() -> None:
             writer.send(codec.KIND_RESPONSE, rid, codec.dumps(reply))
 
 
-def _requests(reader: codec.FrameReader, data: bytes) -> Iterator[Tuple[int, Dict[str, Any]]]:
-    """(request id, message) of every request frame `data` completes."""
+def frames(reader: codec.FrameReader, data: bytes) -> Iterator[Tuple[int, int, bytes]]:
+    """(kind, request id, payload) of every frame `data` completes (also for tests)."""
     while data:
         k = reader.feed(data, int(time.monotonic() * 1000))
         data = data[k:]
@@ -174,9 +174,14 @@ def _requests(reader: codec.FrameReader, data: bytes) -> Iterator[Tuple[int, Dic
             f = reader.next_frame()
             if f is None:
                 break
-            kind, _, rid, payload = f
-            if kind == codec.KIND_REQUEST:
-                yield rid, json.loads(bytes(payload))
+            yield f[0], f[2], bytes(f[3])
+
+
+def _requests(reader: codec.FrameReader, data: bytes) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """(request id, message) of every request frame `data` completes."""
+    for kind, rid, payload in frames(reader, data):
+        if kind == codec.KIND_REQUEST:
+            yield rid, json.loads(payload)
 
 
 def _answer(msg: Dict[str, Any], serial: str) -> Dict[str, Any]:

@@ -21,6 +21,7 @@ from bmc.metrics import Out, escape, number
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from tests import omcheck
+from tests.fake_bmc import frames as frames_in
 from tests.mprun import HEAP, micropython_binary
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -62,19 +63,11 @@ def run_harness(
     chunks: Dict[int, List[bytes]] = {}
     responses: Dict[int, dict] = {}
     reader = codec.FrameReader()
-    data = proc.stdout
-    while data:
-        k = reader.feed(data)
-        data = data[k:]
-        while True:
-            f = reader.next_frame()
-            if f is None:
-                break
-            kind, _, rid, payload = f
-            if kind == codec.KIND_CHUNK:
-                chunks.setdefault(rid, []).append(bytes(payload))
-            elif kind == codec.KIND_RESPONSE:
-                responses[rid] = json.loads(bytes(payload))
+    for kind, rid, payload in frames_in(reader, proc.stdout):
+        if kind == codec.KIND_CHUNK:
+            chunks.setdefault(rid, []).append(payload)
+        elif kind == codec.KIND_RESPONSE:
+            responses[rid] = json.loads(payload)
     assert not reader.bad_crc and not reader.dropped, "stray output between frames"
     return chunks, responses
 

@@ -23,17 +23,12 @@ import select
 import struct
 import termios
 import time
-import zlib
 from typing import List, NamedTuple, Optional
 
 from bmc import codec
 
 from .errors import LinkGone, PortBusy, ProtocolError, Timeout
 
-_HEAD = struct.Struct("<BBBHH")  # magic byte 1, kind, version, request id, payload length
-_CRC = struct.Struct("<I")
-_MIN_FRAME = codec.HEADER + codec.TRAILER
-_crc32 = zlib.crc32
 _READ_SIZE = 65536  # a whole metrics answer (~8 KB) in one read when it is there
 _BUSY_POLL = 0.002  # retry interval of a busy open: shorter than any gap between scrapes
 
@@ -259,47 +254,11 @@ class Link:
         else:
             self._reader.expire(int(time.monotonic() * 1000))
         frames: List[Frame] = []
-        reader = self._reader
-        if reader.n == reader.used:  # the reader holds no partial frame
-            if self._rx:
-                self._whole_frames(frames)
-            if not self._rx:
-                return frames
         try:
             while True:
                 frames.append(self.read_frame(0.0))  # a deadline long passed: what is here
         except Timeout:
             return frames
-
-    def _whole_frames(self, frames: List[Frame]) -> None:
-        """Take the valid complete frames at the start of what was read straight from
-        it: one header unpack, one CRC over a view and one copy per payload (the usual
-        case: whole frames in one read). Whatever is not surely a whole valid frame
-        (a partial frame, garbage, a CRC mismatch, another version's CRC) is left for
-        the frame reader, which resynchronises and counts it."""
-        rx = self._rx
-        end = len(rx)
-        pos = 0
-        with memoryview(rx) as mv:
-            while end - pos >= _MIN_FRAME and rx[pos] == codec.MAGIC0:
-                magic1, kind, version, rid, length = _HEAD.unpack_from(rx, pos + 1)
-                stop = pos + codec.HEADER + length
-                if (
-                    magic1 != codec.MAGIC1
-                    or not codec.KIND_REQUEST <= kind <= codec.KIND_CHUNK
-                    or length > codec.MAX_PAYLOAD
-                    or stop + codec.TRAILER > end
-                    or _crc32(
-                        mv[pos + 2 : pos + codec.HEADER], _crc32(mv[pos + codec.HEADER : stop])
-                    )
-                    != _CRC.unpack_from(rx, stop)[0]
-                ):
-                    break
-                frames.append(Frame(kind, version, rid, bytes(mv[pos + codec.HEADER : stop])))
-                pos = stop + codec.TRAILER
-        if pos:
-            del rx[:pos]
-            self._reader.frames += len(frames)
 
 
 _RAW_IFLAG_OFF = (
