@@ -31,7 +31,7 @@ from bmc.compat import const
 WDT_MS = const(5000)
 _MAX_WAIT_MS = const(100)
 _GC_EVERY = const(12288)
-_GC_FRAMES = const(2)  # requests between collections after the pass that answered them
+_BUSY_FRAMES = const(4)  # requests answered back to back before flash writes and a collection
 _FAILING_LOOPS = const(3)  # loops in a row that raise before the watchdog is starved
 BOARD_FILE = "/board.json"
 
@@ -96,6 +96,7 @@ class App:
         self.tick_hooks.append(bf.tick)
         self.dispatch = dispatch.Dispatcher(board.link, self.auth, self.clock, self)
         self._gc_frames = 0
+        self._quiet_frames = 0
         ondemand.call("commands", "register", self)  # the command table (bmc.commands)
         gc.collect()
         # Collect after every few KB allocated, not only when the heap is full:
@@ -169,6 +170,8 @@ class App:
             timeout = min(timeout, self.power.ms_to_next_deadline())
         self.board.wait(max(0, min(timeout, _MAX_WAIT_MS)))
         self.clock.uptime_ms()
+        reader = self.dispatch.reader
+        before = reader.frames
         self.dispatch.poll()
         if self.reboot_pending:
             self.events.add("bmc", "reboot", "")
@@ -180,16 +183,21 @@ class App:
             hook()
         self.console.poll()
         self.indicators.tick(self.power.state if self.power else "Fault")
-        self.flush()
-        frames = self.dispatch.reader.frames
-        if frames - self._gc_frames >= _GC_FRAMES:
-            # Collect now, with the replies out, rather than when the allocation
-            # threshold strikes, which is most often in the middle of a request.
-            self._gc_frames = frames
-            gc.collect()
+        # Flash writes and the collection of answered requests' garbage wait for
+        # the first pass that takes no request (the link is quiet): done in the
+        # pass that answered, they hold up the request that may already be on
+        # its way, and the allocation threshold, left to strike, does so inside
+        # a request. Requests back to back get them after every few.
+        frames = reader.frames
+        if frames == before or frames - self._quiet_frames >= _BUSY_FRAMES:
+            self._quiet_frames = frames
+            self.flush()
+            if frames != self._gc_frames:
+                self._gc_frames = frames
+                gc.collect()
 
     def flush(self):
-        """Write what this pass recorded: the event log, then the BMC state."""
+        """Write what is held in RAM: the event log, then the BMC state."""
         self.events.flush()
         self.persist.flush()
 

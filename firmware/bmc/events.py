@@ -28,8 +28,8 @@ class EventLog:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._store = store
-        # deferred: `add` only records in RAM and the main loop calls `flush` once per
-        # pass, after the reply has gone out; a flash write never delays an answer.
+        # deferred: `add` only records in RAM and the main loop calls `flush` on a
+        # pass that takes no request; a flash write never delays an answer.
         self.deferred = deferred
         self._pending = 0
         self._clock = clock

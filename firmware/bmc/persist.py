@@ -60,7 +60,7 @@ class BmcState:
                 self.flush()
 
     def flush(self):
-        """Save if something changed (deferred mode: the main loop calls this each pass)."""
+        """Save if something changed (deferred mode: the main loop calls this when quiet)."""
         if self._dirty:
             self._dirty = False
             self._save()

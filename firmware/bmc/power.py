@@ -558,9 +558,10 @@ class PowerController:
             best = POLL_BUSY_MS
         if self._pulse_line is not None:
             best = self._sooner(best, self._pulse_end, now)
-        for t in (self._dl, self._bs_release):
-            if t is not None:
-                best = self._sooner(best, t, now)
+        if self._dl is not None:  # two tests, not a loop over a tuple built every pass
+            best = self._sooner(best, self._dl, now)
+        if self._bs_release is not None:
+            best = self._sooner(best, self._bs_release, now)
         return best if best > 0 else 0
 
     def _sooner(self, best, t, now):
