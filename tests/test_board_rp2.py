@@ -108,20 +108,37 @@ class FakeUART:
         if id not in (0, 1):
             raise ValueError(f"UART({id}) doesn't exist")
         self.id, self.baudrate, self.timeout, self.rxbuf = id, baudrate, timeout, rxbuf
+        self.txbuf = txbuf
         self.tx, self.rx = _pin_id(tx), _pin_id(rx)
+        self.streaming = 0  # bytes the SBC keeps printing (always this many waiting)
+        self.asked: List[int] = []  # what each readinto asked for
+        self.queued = 0  # bytes in the transmit buffer, not yet on the wire
         FakeUART.made.append(self)
 
     def any(self) -> int:
-        return 0
+        return self.streaming
 
     def read(self, n: int = -1) -> Optional[bytes]:
         return None
 
-    def readinto(self, buf: Any) -> Optional[int]:
-        return None
+    def readinto(self, buf: Any, nbytes: Optional[int] = None) -> Optional[int]:
+        # ports/rp2/machine_uart.c: after the first byte it waits timeout_char for the
+        # next, and readinto reads until the buffer is full: with the SBC printing on,
+        # a read without nbytes takes all the room it is given.
+        n = len(buf) if nbytes is None else min(nbytes, len(buf))
+        self.asked.append(n)
+        if len(self.asked) > 1000:
+            raise AssertionError("the console poll does not stop")
+        if not self.streaming:
+            return None
+        buf[:n] = b"x" * n
+        return n
 
-    def write(self, b: Any) -> int:
-        return len(b)
+    def write(self, b: Any) -> Optional[int]:
+        # timeout=0: what fits in the transmit buffer, None (EAGAIN) when nothing does
+        k = min(len(b), self.txbuf - self.queued)
+        self.queued += k
+        return k or None
 
     def ioctl(self, req: int, arg: int) -> int:
         return 0
@@ -234,7 +251,7 @@ def hw(monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, Any]]:
     FakeUART.made = []
     FakePoll.registered = []
     mem: Dict[int, int] = collections.defaultdict(int)  # RAM registers read 0 at power-on
-    state: Dict[str, Any] = {"cause": 1, "bootsel": [0], "resets": 0, "ticks": 300}
+    state: Dict[str, Any] = {"cause": 1, "bootsel": [0], "resets": 0, "ticks": 300, "slept": 0}
     machine = types.ModuleType("machine")
     machine.Pin = FakePin  # type: ignore[attr-defined]
     machine.WDT = FakeWDT  # type: ignore[attr-defined]
@@ -284,6 +301,14 @@ def hw(monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, Any]]:
     # The timer: ticks_ms() as boot.py sees it; the BOOTSEL window is short in tests.
     monkeypatch.setattr(board_rp2, "ticks_ms", lambda: state["ticks"])
     monkeypatch.setattr(board_rp2, "BOOTSEL_WINDOW_MS", 0)
+
+    class Clock:  # boot.py's sleeps move the timer on
+        def sleep_ms(self, ms: int) -> None:
+            if ms > 0:
+                state["slept"] += ms
+                state["ticks"] += ms
+
+    monkeypatch.setattr(board_rp2, "Clock", Clock)
     yield {"rp2": board_rp2, "mem": mem, "state": state, "usb": usb_dev}
     sys.modules.pop("bmc.board.rp2", None)
     import bmc.board
@@ -435,9 +460,38 @@ def test_maintenance_lasts_across_soft_resets_until_a_hard_reset(
     run_boot_py(hw, monkeypatch, False)
     assert rp2.usb_mode() == "production"
     assert rp2.Board().reset_cause() == "soft"  # asked for, not a hung firmware
-    state["ticks"] = 20000  # and a later soft reset does not bring maintenance back
+    # A soft reset outside a session (no REPL made it): a clean hard reset instead, as
+    # after one from mpremote's raw REPL MicroPython would run boot.py but not main.py.
+    state["ticks"] = 20000
     run_boot_py(hw, monkeypatch, False)
-    assert rp2.usb_mode() == "production"
+    assert state["resets"] == 1
+
+
+def test_a_session_survives_the_timer_passing_half_its_wrap(
+    hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ticks_diff of two rp2 ticks_ms() turns negative after 2**29 ms (6.2 days): a soft
+    # reset that late must still read as one.
+    rp2, state = hw["rp2"], hw["state"]
+    run_boot_py(hw, monkeypatch, True)
+    assert rp2.usb_mode() == "maintenance"
+    state["ticks"] = 300 + 2**29 + 5000
+    run_boot_py(hw, monkeypatch, False)
+    assert rp2.usb_mode() == "maintenance" and state["resets"] == 0
+
+
+def test_a_new_session_opens_its_repl_only_after_the_soft_reset_threshold(
+    hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mpremote's first soft reset must come when the timer already says "soft".
+    rp2, state = hw["rp2"], hw["state"]
+    state["ticks"] = 250
+    run_boot_py(hw, monkeypatch, True)
+    assert rp2.usb_mode() == "maintenance"
+    assert state["ticks"] >= 1000 and state["slept"] == 750
+    state["ticks"] = 1000  # the earliest soft reset mpremote can make
+    run_boot_py(hw, monkeypatch, False)
+    assert rp2.usb_mode() == "maintenance" and state["resets"] == 0
 
 
 def test_without_usb_device_cdc_the_repl_stays_and_says_why(
@@ -491,3 +545,41 @@ def test_main_py_runs_the_firmware_only_in_production(
     run_main_py(monkeypatch, crash)
     assert len(runs) == 1 and runs[0].link is not None
     assert state["resets"] == 1  # no REPL in production: a crash restarts the BMC
+
+
+def test_console_poll_takes_only_what_the_uart_holds(hw: Dict[str, Any]) -> None:
+    # The SBC prints without a pause: the poll must still return (the main loop answers
+    # requests and feeds the watchdog), after at most one ring's worth.
+    from bmc.console import Console
+
+    uart = hw["rp2"].Board().uart(0, 0, 1, 115200)
+    uart.streaming = 64
+    console = Console(uart, size=4096)
+    assert console.poll() == 4096
+    assert max(uart.asked) <= 64  # never more than any() said was there
+    assert console.end == 4096
+
+
+def test_console_write_refuses_what_the_transmit_buffer_cannot_take(hw: Dict[str, Any]) -> None:
+    from bmc import errors
+    from bmc.cmd_ops import console_write
+    from bmc.console import Console
+    from bmc.dispatch import Request
+
+    uart = hw["rp2"].Board().uart(0, 0, 1, 115200)
+    assert uart.txbuf == 1024  # a whole console-write (256 characters of UTF-8) fits
+    app = types.SimpleNamespace(console=Console(uart))
+
+    def write(text: str) -> Any:
+        return console_write(
+            app, Request(None, 1, "console-write", {"data": text}, "operator", None)
+        )
+
+    assert write("é" * 256) == {"written": 256}  # 512 bytes
+    with pytest.raises(errors.CmdError) as e:
+        write("€" * 256)  # 768 bytes, 512 free
+    assert e.value.code == errors.BUSY and e.value.data == {"written_bytes": 512}
+    uart.queued = 1024
+    with pytest.raises(errors.CmdError) as e:
+        write("a")
+    assert e.value.data == {"written_bytes": 0}

@@ -56,7 +56,14 @@ def console_write(app, req):
         raise errors.CmdError(errors.INVALID, "at most %d characters" % MAX_CONSOLE_WRITE)
     if app.console.uart is None:
         raise errors.CmdError(errors.NOT_ALLOWED, "this board has no console UART")
-    app.console.write(data.encode())
+    raw = data.encode()
+    sent = app.console.write(raw)
+    if sent < len(raw):  # the UART's transmit buffer is full: the SBC does not read
+        raise errors.CmdError(
+            errors.BUSY,
+            "console busy: %d of %d bytes sent; retry the rest" % (sent, len(raw)),
+            {"written_bytes": sent},
+        )
     return {"written": len(data)}
 
 

@@ -20,8 +20,16 @@ class Console:
         if uart is None:
             return 0
         moved = 0
-        while uart.any():
-            k = uart.readinto(self._ringv[self.end % self.size :])
+        size = self.size
+        # Ask for no more than the UART holds: rp2's readinto waits for further bytes
+        # as long as they keep coming, which with the SBC printing without a pause
+        # would hold the main loop (and starve the watchdog). At most a ring per pass.
+        while moved < size:
+            n = uart.any()
+            if not n:
+                break
+            start = self.end % size
+            k = uart.readinto(self._ringv[start:], min(n, size - start, size - moved))
             if not k:
                 break
             self.end += k
@@ -52,6 +60,7 @@ class Console:
         return n, lost
 
     def write(self, data):
+        """Bytes the UART took (its transmit buffer may be full: fewer, or 0)."""
         if self.uart is None:
             return 0
-        return self.uart.write(data)
+        return self.uart.write(data) or 0

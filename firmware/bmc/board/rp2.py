@@ -40,17 +40,20 @@ from bmc.compat import const, ticks_diff, ticks_ms
 # from a starved watchdog (machine.reset_cause() on rp2 knows only PWRON and WDT).
 _SCRATCH0 = const(0x40058000 + 0x0C)
 _SOFT_MARK = const(0x52424D43)  # "RBMC"
-# SCRATCH1/2: a maintenance session (mark, ticks_ms when its hard boot ran boot.py).
+# SCRATCH1: a maintenance session is open (survives soft resets, cleared at a hard one).
 _SCRATCH1 = const(0x40058000 + 0x10)
-_SCRATCH2 = const(0x40058000 + 0x14)
 _MAINT_MARK = const(0x524D4E54)  # "RMNT"
-# boot.py runs at the same time after every hard reset; a soft reset (mpremote) comes
-# at least this much later in the same session (USB enumeration, opening the port).
+# The RP2040's timer restarts at every hard reset (power, RUN, watchdog, machine.reset)
+# and counts on across a soft reset (mpremote's Ctrl-D). boot.py runs well within this
+# many ms of a hard reset; a soft reset comes later (see maintenance_at_boot).
 _SOFT_RESET_MIN_MS = const(1000)
 
 BOOTSEL_WINDOW_MS = 1500  # how long boot.py watches BOOTSEL after a hard reset
 
 _CDC_BUF = const(1024)
+# A console-write (at most 256 characters, up to 4 UTF-8 bytes each) fits whole in the
+# UART's transmit buffer: rp2's default of 256 bytes, with timeout=0, cut it short.
+_UART_TXBUF = const(1024)
 
 _cdc = None  # the runtime CDC interface, set by start_usb()
 _mode = None  # "production", "maintenance", or None before start_usb()
@@ -72,22 +75,30 @@ def bootsel_pressed_within(window_ms):
 def maintenance_at_boot(flagged):
     """Whether this start runs in maintenance mode (called once, by boot.py).
 
-    A soft reset inside a maintenance session stays in it. After a hard reset the
-    session is over (a watchdog reset that ends one was `machine.reset()` at the REPL,
-    so it is reported as a requested reset); a new one starts when an admin left the
-    one-shot flag (`flagged`) or BOOTSEL is pressed within `BOOTSEL_WINDOW_MS`.
+    A start whose timer reads at least `_SOFT_RESET_MIN_MS` is a soft reset (the timer
+    kept counting): inside a maintenance session it stays in it; anywhere else no REPL
+    made it, and the board resets for a clean start (after a soft reset from mpremote's
+    raw REPL MicroPython runs boot.py but not main.py). The timer wraps every 2**30 ms:
+    a soft reset in the first second after a wrap (once in 12.4 days) is taken for a
+    hard one and ends the session. After a hard reset the session is over (a watchdog
+    reset that ends one was `machine.reset()` at the REPL, so it is reported as a
+    requested reset); a new one starts when an admin left the one-shot flag (`flagged`)
+    or BOOTSEL is pressed within `BOOTSEL_WINDOW_MS`, and its REPL comes up only once the
+    timer has passed `_SOFT_RESET_MIN_MS`, so mpremote's first soft reset reads as one.
     """
-    now = ticks_ms()
     mem = machine.mem32
-    if mem[_SCRATCH1] == _MAINT_MARK:
-        if ticks_diff(now, mem[_SCRATCH2]) >= _SOFT_RESET_MIN_MS:
+    if ticks_ms() >= _SOFT_RESET_MIN_MS:
+        if mem[_SCRATCH1] == _MAINT_MARK:
             return True
+        machine.reset()
+        return False  # not reached on the board
+    if mem[_SCRATCH1] == _MAINT_MARK:
         mem[_SCRATCH1] = 0
         if machine.reset_cause() == machine.WDT_RESET:
             mem[_SCRATCH0] = _SOFT_MARK
     if flagged or bootsel_pressed_within(BOOTSEL_WINDOW_MS):
-        mem[_SCRATCH2] = now
         mem[_SCRATCH1] = _MAINT_MARK
+        Clock().sleep_ms(_SOFT_RESET_MIN_MS - ticks_ms())
         return True
     return False
 
@@ -217,6 +228,7 @@ class Board:
             rx=machine.Pin(rx),
             timeout=0,
             rxbuf=1024,
+            txbuf=_UART_TXBUF,
         )
         self._poll.register(u, select.POLLIN)
         return u
