@@ -160,6 +160,7 @@ class FakeCDC:
     def __init__(self, **kwargs: Any) -> None:
         self.open = True
         self.accept = 10**9  # bytes the host takes
+        self.per_write = 10**9  # bytes one write gets into the USB buffer (a slow host)
         self.sent = b""
         self.init(**kwargs)
 
@@ -181,7 +182,7 @@ class FakeCDC:
         self.timeout, self.txbuf, self.rxbuf = timeout, txbuf, rxbuf
 
     def write(self, buf: Any) -> int:
-        k = min(len(buf), self.accept)
+        k = min(len(buf), self.accept, self.per_write)
         self.sent += bytes(buf[:k])
         self.accept -= k
         return k
@@ -357,6 +358,7 @@ def test_reset_causes(hw: Dict[str, Any]) -> None:
     board = rp2.Board()
     board.reboot()  # machine.reset() is a watchdog reset on the rp2 port
     assert state["resets"] == 1
+    assert state["slept"] >= 50  # the USB stack had time to send the last reply
     assert rp2.Board().reset_cause() == "soft"
     assert rp2.Board().reset_cause() == "watchdog"  # the mark is used up
 
@@ -393,6 +395,20 @@ def test_link_write_gives_up_on_a_host_that_does_not_read(hw: Dict[str, Any]) ->
     cdc.accept = 100
     assert link.write(b"abc") == 3
     assert link.readinto(bytearray(4)) is None  # nothing came: no wait
+
+
+def test_a_long_answer_to_a_slow_host_feeds_the_watchdog(hw: Dict[str, Any]) -> None:
+    # One pass that streams a large boot file to a host reading slowly may outlast the
+    # watchdog: while the host takes bytes, the BMC is alive.
+    rp2 = hw["rp2"]
+    rp2.start_usb(False)
+    board = rp2.Board()
+    board.wdt_start(5000)
+    cdc = hw["usb"].inits[-1][0][0]
+    cdc.per_write = 3
+    assert board.link.write(b"0123456789") == 10
+    assert cdc.sent.endswith(b"0123456789")
+    assert board._wdt.feeds == 3  # once for each write that moved after the first
 
 
 def run_boot_py(hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, flag: bool) -> List[str]:

@@ -54,6 +54,7 @@ _CDC_BUF = const(1024)
 # A console-write (at most 256 characters, up to 4 UTF-8 bytes each) fits whole in the
 # UART's transmit buffer: rp2's default of 256 bytes, with timeout=0, cut it short.
 _UART_TXBUF = const(1024)
+_REBOOT_DRAIN_MS = const(50)  # time the USB stack gets to send the last reply
 
 _cdc = None  # the runtime CDC interface, set by start_usb()
 _mode = None  # "production", "maintenance", or None before start_usb()
@@ -160,8 +161,9 @@ def serial():
 class _Link:
     """The CDC interface as the core's link: non-blocking reads, writes that never hang."""
 
-    def __init__(self, cdc):
+    def __init__(self, cdc, feed):
         self._cdc = cdc
+        self._feed = feed  # the watchdog's feed: a long answer that moves is alive
 
     def readinto(self, buf):
         return self._cdc.readinto(buf)
@@ -182,6 +184,10 @@ class _Link:
             k = cdc.write(mv[done:])
             if k:
                 done += k
+                # A stream to a slow reader (a large boot file, one frame after another)
+                # may take longer than the watchdog allows one pass: it is alive while
+                # the host takes bytes (each write still ends by LINK_WRITE_TIMEOUT_MS).
+                self._feed()
         return done
 
 
@@ -199,7 +205,7 @@ class Board:
     def __init__(self, board_def=None):
         self.board_def = board_def
         self.clock = Clock()
-        self.link = _Link(_cdc) if _cdc is not None else None
+        self.link = _Link(_cdc, self.wdt_feed) if _cdc is not None else None
         self._wdt = None
         self._poll = select.poll()
         self._cdc_registered = False
@@ -285,4 +291,8 @@ class Board:
 
     def reboot(self):
         machine.mem32[_SCRATCH0] = _SOFT_MARK
+        # The reply that asked for this (bmc-reboot, maintenance) may still be in the
+        # CDC's buffer: the USB stack sends it while we sleep (the host polls within a
+        # frame or two); a reset now would drop it.
+        Clock().sleep_ms(_REBOOT_DRAIN_MS)
         machine.reset()
