@@ -584,6 +584,7 @@ def test_console_write_refuses_what_the_transmit_buffer_cannot_take(hw: Dict[str
 
     uart = hw["rp2"].Board().uart(0, 0, 1, 115200)
     assert uart.txbuf == 1024  # a whole console-write (256 characters of UTF-8) fits
+    assert uart.rxbuf == 4096  # console bytes outlast a long pass (356 ms at 115200)
     app = types.SimpleNamespace(console=Console(uart))
 
     def write(text: str) -> Any:

@@ -54,6 +54,9 @@ _CDC_BUF = const(1024)
 # A console-write (at most 256 characters, up to 4 UTF-8 bytes each) fits whole in the
 # UART's transmit buffer: rp2's default of 256 bytes, with timeout=0, cut it short.
 _UART_TXBUF = const(1024)
+# Console bytes wait here while a pass runs: 4 KB is 356 ms at 115200 baud, longer than
+# a pass that streams a boot file or writes flash (1 KB, 89 ms, lost bytes in those).
+_UART_RXBUF = const(4096)
 _REBOOT_DRAIN_MS = const(50)  # time the USB stack gets to send the last reply
 
 _cdc = None  # the runtime CDC interface, set by start_usb()
@@ -233,7 +236,7 @@ class Board:
             tx=machine.Pin(tx),
             rx=machine.Pin(rx),
             timeout=0,
-            rxbuf=1024,
+            rxbuf=_UART_RXBUF,
             txbuf=_UART_TXBUF,
         )
         self._poll.register(u, select.POLLIN)
