@@ -514,19 +514,46 @@ def test_without_usb_device_cdc_the_repl_stays_and_says_why(
     hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "usb.device.cdc", None)
-    rp2 = hw["rp2"]
-    assert rp2.start_usb(False) == "maintenance"
+    rp2, state = hw["rp2"], hw["state"]
+    run_boot_py(hw, monkeypatch, False)
+    assert rp2.usb_mode() == "maintenance"
     assert "usb-device-cdc" in rp2.usb_error
     assert hw["usb"].inits == []
+    # The REPL left for repair is a session: mpremote's soft reset on connect keeps it.
+    state["ticks"] = 5000
+    run_boot_py(hw, monkeypatch, False)
+    assert rp2.usb_mode() == "maintenance" and state["resets"] == 0
 
 
-def test_micropython_without_runtime_usb_keeps_the_repl(hw: Dict[str, Any]) -> None:
-    # MicroPython before 1.23 has no machine.USBDevice: usb.device.get() fails.
+def test_micropython_without_runtime_usb_restarts_into_maintenance(
+    hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failed init() may leave a runtime device half up, which would drop the port at
+    # every soft reset: the board restarts once, into a plain maintenance boot.
+    from bmc import maintenance
+
+    requested: List[str] = []
+    monkeypatch.setattr(maintenance, "request", requested.append)
     hw["usb"].fail = AttributeError("'module' object has no attribute 'USBDevice'")
-    rp2 = hw["rp2"]
+    rp2, state = hw["rp2"], hw["state"]
     assert rp2.start_usb(False) == "maintenance"
     assert "1.23" in rp2.usb_error
-    assert hw["usb"].inits[-1][1] == {"builtin_driver": True}  # the REPL back
+    assert requested == [rp2.Board.root] and state["resets"] == 1
+
+
+def test_without_a_usb_device_at_all_the_repl_is_a_session(
+    hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing() -> None:
+        raise AttributeError("'module' object has no attribute 'USBDevice'")
+
+    monkeypatch.setattr(sys.modules["usb.device"], "get", missing)
+    rp2, state = hw["rp2"], hw["state"]
+    run_boot_py(hw, monkeypatch, False)
+    assert rp2.usb_mode() == "maintenance" and state["resets"] == 0
+    state["ticks"] = 5000
+    run_boot_py(hw, monkeypatch, False)
+    assert rp2.usb_mode() == "maintenance" and state["resets"] == 0
 
 
 def run_main_py(monkeypatch: pytest.MonkeyPatch, app_main: Any) -> None:

@@ -12,9 +12,10 @@ What it does (`--dry-run` prints exactly this, without touching a board):
 The entry points `boot.py` and `main.py` come from the source checkout's `firmware/`
 folder (next to the `bmc` package); deploy runs from a checkout or an editable install.
 
-mpremote needs the REPL: deploy a fresh board (MicroPython 1.23+ just flashed), or one in
-maintenance mode (`bmcctl maintenance SLOT`, or press BOOTSEL within 1.5 s after
-plugging it in or resetting it). Every mpremote run soft-resets the board, which re-runs
+mpremote needs the REPL: deploy a fresh board (MicroPython 1.23+ on a filesystem without
+`/boot.py`: new, or erased with flash_nuke.uf2; flashing MicroPython alone keeps an old
+`/boot.py`), or one in maintenance mode (`bmcctl maintenance SLOT`, or press BOOTSEL
+within 1.5 s after plugging it in or resetting it). Every mpremote run soft-resets the board, which re-runs
 boot.py; a maintenance session lasts across soft resets, but on a fresh board the new
 boot.py would switch the REPL off at the next soft reset, so boot.py is copied and the
 board reset in the same run (one soft reset, before the copy). After that hard reset the
@@ -150,7 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if proc.returncode != 0:
                 raise DeployError(
                     f"{' '.join(cmd[:5])} ... failed ({proc.returncode}); does the board "
-                    "show its REPL (fresh MicroPython 1.23+, or maintenance mode: "
+                    "show its REPL (MicroPython 1.23+ with no /boot.py yet: re-flashing "
+                    "keeps an old one, flash_nuke.uf2 erases it; or maintenance mode: "
                     "`bmcctl maintenance`, or BOOTSEL pressed just after a reset)?"
                 )
         print(f"deployed {bf.stem} to {args.port}; the board restarts in production mode")

@@ -113,7 +113,9 @@ def start_usb(maintenance):
     Returns the mode. When the firmware's interface cannot be brought up
     (usb-device-cdc missing, MicroPython older than 1.23) the built-in REPL stays so
     an admin can repair the board, `usb_error` says why, and main.py does not start
-    the firmware.
+    the firmware. That REPL is a maintenance session (mpremote's soft resets keep it);
+    after a failed `init()` the runtime device may be half up, and it would drop the
+    port at each soft reset, so the board restarts into a plain maintenance boot.
     """
     global _cdc, _mode, usb_error
     if maintenance:
@@ -124,6 +126,7 @@ def start_usb(maintenance):
         from usb.device.cdc import CDCInterface
     except ImportError as e:
         usb_error = "usb-device-cdc not installed (%s)" % e
+        machine.mem32[_SCRATCH1] = _MAINT_MARK
         _mode = "maintenance"
         return _mode
     dev = None
@@ -143,10 +146,12 @@ def start_usb(maintenance):
         usb_error = "runtime USB failed (%r); MicroPython 1.23+ needed" % (e,)
         _mode = "maintenance"
         if dev is not None:
-            try:
-                dev.init(builtin_driver=True)  # the REPL back if init() got half way
-            except Exception:  # noqa: BLE001, S110 - nothing more to try
-                pass
+            from bmc import maintenance
+
+            print("racklet-bmc:", usb_error, "- restarting in maintenance mode")
+            maintenance.request(Board.root)  # the one-shot flag boot.py consumes
+            machine.reset()
+        machine.mem32[_SCRATCH1] = _MAINT_MARK
         return _mode
     _cdc = cdc
     _mode = "production"
