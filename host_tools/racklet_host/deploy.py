@@ -15,11 +15,12 @@ folder (next to the `bmc` package); deploy runs from a checkout or an editable i
 mpremote needs the REPL: deploy a fresh board (MicroPython 1.23+ on a filesystem without
 `/boot.py`: new, or erased with flash_nuke.uf2; flashing MicroPython alone keeps an old
 `/boot.py`), or one in maintenance mode (`bmcctl maintenance SLOT`, or press BOOTSEL
-within 1.5 s after plugging it in or resetting it). Every mpremote run soft-resets the board, which re-runs
-boot.py; a maintenance session lasts across soft resets, but on a fresh board the new
-boot.py would switch the REPL off at the next soft reset, so boot.py is copied and the
-board reset in the same run (one soft reset, before the copy). After that hard reset the
-board runs in production mode: only the firmware's CDC interface, no REPL.
+within 1.5 s after plugging it in or resetting it). Every mpremote run soft-resets the
+board, which re-runs boot.py; a maintenance session lasts across soft resets, but on a
+fresh board the new boot.py would switch the REPL off at the next soft reset, so boot.py
+is copied and the board reset in the same run (one soft reset, before the copy). After
+that hard reset the board runs in production mode: only the firmware's CDC interface,
+no REPL.
 """
 
 from __future__ import annotations
