@@ -483,6 +483,22 @@ def test_maintenance_lasts_across_soft_resets_until_a_hard_reset(
     assert state["resets"] == 1
 
 
+def test_a_slow_start_is_not_a_reset_loop(
+    hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hard start that reaches boot.py late reads like a soft reset outside a session:
+    # one reset, and the next start that reads late again is taken for a hard one.
+    rp2, state = hw["rp2"], hw["state"]
+    state["ticks"] = 1500
+    run_boot_py(hw, monkeypatch, False)
+    assert state["resets"] == 1
+    run_boot_py(hw, monkeypatch, False)
+    assert state["resets"] == 1 and rp2.usb_mode() == "production"
+    state["ticks"] = 1500  # later soft resets outside a session reset the board again
+    run_boot_py(hw, monkeypatch, False)
+    assert state["resets"] == 2
+
+
 def test_a_session_survives_the_timer_passing_half_its_wrap(
     hw: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

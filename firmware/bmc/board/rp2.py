@@ -43,6 +43,9 @@ _SOFT_MARK = const(0x52424D43)  # "RBMC"
 # SCRATCH1: a maintenance session is open (survives soft resets, cleared at a hard one).
 _SCRATCH1 = const(0x40058000 + 0x10)
 _MAINT_MARK = const(0x524D4E54)  # "RMNT"
+# SCRATCH2: boot.py reset the board for a soft reset outside a session (no reset loop).
+_SCRATCH2 = const(0x40058000 + 0x14)
+_RESET_MARK = const(0x52535431)  # "RST1"
 # The RP2040's timer restarts at every hard reset (power, RUN, watchdog, machine.reset)
 # and counts on across a soft reset (mpremote's Ctrl-D). boot.py runs well within this
 # many ms of a hard reset; a soft reset comes later (see maintenance_at_boot).
@@ -84,7 +87,8 @@ def maintenance_at_boot(flagged):
     made it, and the board resets for a clean start (after a soft reset from mpremote's
     raw REPL MicroPython runs boot.py but not main.py). The timer wraps every 2**30 ms:
     a soft reset in the first second after a wrap (once in 12.4 days) is taken for a
-    hard one and ends the session. After a hard reset the session is over (a watchdog
+    hard one and ends the session; a start that reads late twice in a row is taken for a
+    slow hard one. After a hard reset the session is over (a watchdog
     reset that ends one was `machine.reset()` at the REPL, so it is reported as a
     requested reset); a new one starts when an admin left the one-shot flag (`flagged`)
     or BOOTSEL is pressed within `BOOTSEL_WINDOW_MS`, and its REPL comes up only once the
@@ -94,8 +98,13 @@ def maintenance_at_boot(flagged):
     if ticks_ms() >= _SOFT_RESET_MIN_MS:
         if mem[_SCRATCH1] == _MAINT_MARK:
             return True
-        machine.reset()
-        return False  # not reached on the board
+        if mem[_SCRATCH2] != _RESET_MARK:
+            mem[_SCRATCH2] = _RESET_MARK
+            machine.reset()
+            return False  # not reached on the board
+        # Reset for that already and still late: a slow start after a hard reset
+        # (never a loop of resets), taken as one.
+    mem[_SCRATCH2] = 0
     if mem[_SCRATCH1] == _MAINT_MARK:
         mem[_SCRATCH1] = 0
         if machine.reset_cause() == machine.WDT_RESET:
