@@ -6,16 +6,22 @@ tests in test_boot_fw.py); the ROM is the real simulated device over its socket 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pathlib
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+import usb.core
+import usb.util
 from racklet_host.errors import LinkGone
+from racklet_host.usbboot import pyusb_bus
 from racklet_host.usbboot.relay import BmcSource, BootFailed, Cache, Entry, Relay
 from racklet_host.usbboot.simbus import SimBus
 from racklet_host.usbboot.simrom import SimBootRom
+from racklet_host.usbboot.transport import UsbAbsent, UsbError
 
 
 class StandInBmc(BmcSource):
@@ -54,14 +60,16 @@ class StandInBmc(BmcSource):
 def rig(tmp_path: pathlib.Path) -> Any:
     made: List[SimBootRom] = []
 
-    def make(files: Dict[str, Tuple[bytes, str]], asks: List[str]) -> Tuple[StandInBmc, Any]:
+    def make(
+        files: Dict[str, Tuple[bytes, str]], asks: List[str], **rom_kw: Any
+    ) -> Tuple[StandInBmc, Any]:
         cache = Cache(str(tmp_path / "cache"))
         for name, (data, src) in files.items():
             if src == "host":
                 p = tmp_path / ("src-" + name)
                 p.write_bytes(data)
                 cache.add(str(p))
-        rom = SimBootRom(str(tmp_path / "usb.sock"), 0x2711, files=asks)
+        rom = SimBootRom(str(tmp_path / "usb.sock"), 0x2711, files=asks, **rom_kw)
         made.append(rom)
         rom.power_on()
         bmc = StandInBmc(files, cache)
@@ -152,3 +160,180 @@ def test_no_device(tmp_path: pathlib.Path) -> None:
     bmc = StandInBmc(files(), Cache(str(tmp_path)))
     with pytest.raises(BootFailed, match="no Raspberry Pi in USB boot mode"):
         Relay(bmc, SimBus(str(tmp_path / "none.sock")), wait_timeout=0.3).run()
+
+
+# -- what a real SBC does that a plain simulated ROM did not -------------------------
+
+PI4_FILES = {"fixup4.dat": (os.urandom(3000), "bmc"), "cmdline.txt": (b"console=ttyS0\n", "bmc")}
+BOOTCODE_SESSION = ["config.txt", "start4.elf", "fixup4.dat"]  # bootcode4.bin's file server
+START4_SESSION = ["config.txt", "kernel8.img", "cmdline.txt"]  # start4.elf's file server
+
+
+@pytest.mark.parametrize("handoff", ["disconnect", "done"])
+def test_pi4_boot_has_two_file_server_sessions(rig: Any, handoff: str) -> None:
+    """bootcode4.bin's file server hands over (leaving the bus, or with Done) and
+    start4.elf's enumerates anew for the kernel: both are served, then done."""
+    fs = dict(files(), **PI4_FILES)
+    sessions = [(BOOTCODE_SESSION, handoff), (START4_SESSION, "done")]
+    bmc, rom = rig(fs, [], sessions=sessions)
+    summary = Relay(bmc, SimBus(rom.path), wait_timeout=5, grace=1).run()
+    assert rom.wait(5) and not rom.failures, rom.log
+    assert rom.reads == BOOTCODE_SESSION + START4_SESSION
+    assert rom.received["kernel8.img"] == fs["kernel8.img"][0]
+    assert summary["served"] == ["bootcode4.bin"] + BOOTCODE_SESSION + START4_SESSION
+    assert summary["sessions"] == 2
+    assert rom.enumerations == [(0x2711, 3), (0x2711, 1), (0x2711, 1)]
+    assert rom.done_acks == (2 if handoff == "done" else 1)  # empty-name Done acked
+    assert bmc.reports[-1] == ("done", "", "7 served")
+
+
+def test_stale_rom_listed_after_the_bootcode(rig: Any) -> None:
+    """The ROM stays listed for a moment after stage 1: skipped, not a failure."""
+    bmc, rom = rig(files(), ASKS, stale_for=0.5)
+    summary = Relay(bmc, SimBus(rom.path), wait_timeout=5, grace=1).run()
+    assert rom.wait(5) and not rom.failures, rom.log
+    assert rom.bootcodes == 1 and list(rom.received) == ASKS
+    assert summary["served"][0] == "bootcode4.bin" and bmc.reports[-1][0] == "done"
+
+
+def test_bootcode_sent_again_to_a_new_rom(rig: Any) -> None:
+    """A ROM that enumerates anew did not take the bootcode: it gets it again."""
+    bmc, rom = rig(files(), ASKS, reject_bootcodes=1)
+    summary = Relay(bmc, SimBus(rom.path), wait_timeout=5, grace=1).run()
+    assert rom.wait(5) and not rom.failures, rom.log
+    assert rom.bootcodes == 2 and list(rom.received) == ASKS
+    assert summary["served"][:2] == ["bootcode4.bin", "bootcode4.bin"]
+
+
+def test_bootcode_that_never_takes_fails_clearly(rig: Any) -> None:
+    bmc, rom = rig(files(), ASKS, reject_bootcodes=99)
+    with pytest.raises(BootFailed, match="ROM came back after 3 sends of the bootcode"):
+        Relay(bmc, SimBus(rom.path), wait_timeout=5, grace=1).run()
+    assert rom.bootcodes == 3 and not rom.received
+    assert bmc.reports[-1][0] == "failed" and "3 sends" in bmc.reports[-1][2]
+
+
+def test_missing_return_code_is_tolerated(rig: Any) -> None:
+    """No return code after the bootcode (the ROM already left): the file server decides."""
+    bmc, rom = rig(files(), ASKS, return_code=False)
+    Relay(bmc, SimBus(rom.path), wait_timeout=5, grace=1).run()
+    assert rom.wait(5) and not rom.failures, rom.log
+    assert list(rom.received) == ASKS
+
+
+def test_open_denied_once_is_retried(rig: Any) -> None:
+    bmc, rom = rig(files(), ASKS, deny_opens=1)
+    Relay(bmc, SimBus(rom.path), wait_timeout=5, grace=1).run()
+    assert rom.wait(5) and not rom.failures, rom.log
+    assert rom.denied == 1 and list(rom.received) == ASKS
+
+
+def test_open_always_denied_says_what_to_install(rig: Any) -> None:
+    bmc, rom = rig(files(), ASKS, deny_opens=10**6)
+    with pytest.raises(BootFailed, match="access denied: install the udev rule"):
+        Relay(bmc, SimBus(rom.path), wait_timeout=0.5).run()
+    assert bmc.reports[-1][0] == "failed" and "access denied" in bmc.reports[-1][2]
+
+
+def test_device_gone_mid_file_fails(rig: Any) -> None:
+    """Leaving the bus between requests ends a session; in the middle of ReadFile it
+    is an error."""
+    bmc, rom = rig(files(), ASKS, vanish_in="start4.elf")
+    with pytest.raises(BootFailed, match="USB: .*left the bus"):
+        Relay(bmc, SimBus(rom.path), wait_timeout=5, grace=1).run()
+    assert list(rom.received) == ["config.txt"] and bmc.reports[-1][0] == "failed"
+
+
+# -- pyusb: every libusb error is the relay's UsbError ----------------------------------
+
+
+class FakeConfig:
+    bNumInterfaces = 1
+
+    def __init__(self, intf: Any) -> None:
+        self.intf = intf
+
+    def __getitem__(self, key: Tuple[int, int]) -> Any:  # cfg[(0, 0)], as pyusb's
+        return self.intf
+
+
+class FakeUsbDev:
+    """A pyusb Device for the Pi 4 ROM whose opens are denied `denied` times."""
+
+    def __init__(self, address: int = 5, denied: int = 0) -> None:
+        self.idProduct = 0x2711
+        self.iSerialNumber = 3
+        self.bus = 1
+        self.address = address
+        self.port_numbers = (1, 3)
+        self.denied = denied
+        self.claimed: List[int] = []
+        self.set_configuration_calls = 0
+
+    def is_kernel_driver_active(self, intf: int) -> bool:
+        return False
+
+    def get_active_configuration(self) -> Any:
+        if self.denied:
+            self.denied -= 1
+            raise usb.core.USBError("Access denied (insufficient permissions)", 13, errno.EACCES)
+        eps = [SimpleNamespace(bEndpointAddress=0x01), SimpleNamespace(bEndpointAddress=0x82)]
+        intf = SimpleNamespace(bInterfaceNumber=0, eps=eps)
+        return FakeConfig(intf)
+
+    def set_configuration(self) -> None:
+        self.set_configuration_calls += 1
+
+
+def fake_usb(devs: List[FakeUsbDev]) -> Any:
+    def claim(dev: FakeUsbDev, n: int) -> None:
+        dev.claimed.append(n)
+
+    def find_descriptor(intf: Any, custom_match: Any) -> Any:
+        return next((e for e in intf.eps if custom_match(e)), None)
+
+    core = SimpleNamespace(
+        find=lambda find_all=False, idVendor=0: list(devs),
+        USBError=usb.core.USBError,
+        NoBackendError=usb.core.NoBackendError,
+    )
+    util = SimpleNamespace(
+        claim_interface=claim,
+        dispose_resources=lambda dev: None,
+        find_descriptor=find_descriptor,
+        endpoint_direction=usb.util.endpoint_direction,
+        ENDPOINT_OUT=usb.util.ENDPOINT_OUT,
+        ENDPOINT_IN=usb.util.ENDPOINT_IN,
+    )
+    return SimpleNamespace(core=core, util=util)
+
+
+@pytest.fixture
+def pyusb(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def make(*devs: FakeUsbDev) -> pyusb_bus.PyUsbBus:
+        monkeypatch.setattr(pyusb_bus, "_import_usb", lambda: fake_usb(list(devs)))
+        return pyusb_bus.PyUsbBus()
+
+    return make
+
+
+def test_pyusb_open_denied_right_after_enumeration_is_retried(pyusb: Any) -> None:
+    dev = FakeUsbDev(denied=1)
+    got = pyusb(dev).wait_device(2)
+    assert got.ident == "1:5" and got.location == "1-1.3" and dev.claimed == [0]
+    assert dev.set_configuration_calls == 0  # the ROM is configured: usbboot never sets it
+
+
+def test_pyusb_open_denied_is_reported_to_the_bmc(pyusb: Any, tmp_path: pathlib.Path) -> None:
+    bus = pyusb(FakeUsbDev(denied=10**6))
+    bmc = StandInBmc(files(), Cache(str(tmp_path)))
+    with pytest.raises(BootFailed, match="USB: opening at 1-1.3: access denied: install the udev"):
+        Relay(bmc, bus, wait_timeout=0.5).run()
+    assert bmc.reports[-1][0] == "failed" and "racklet group" in bmc.reports[-1][2]
+
+
+def test_pyusb_skips_the_enumeration_just_used(pyusb: Any) -> None:
+    with pytest.raises(UsbAbsent):
+        pyusb(FakeUsbDev(address=5)).wait_device(0.3, skip="1:5")
+    assert pyusb(FakeUsbDev(address=5), FakeUsbDev(address=6)).wait_device(1, "1:5").ident == "1:6"
+    assert issubclass(UsbAbsent, UsbError)

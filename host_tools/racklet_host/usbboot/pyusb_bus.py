@@ -2,20 +2,24 @@
 
 pyusb is imported only when a `PyUsbBus` is created, so the rest of the host
 tools work without it; without it (or without a libusb backend) the error says
-what to install.
+what to install. Every pyusb error comes out as a `UsbError` (`UsbGone` when
+the device left the bus), so the relay can report it to the BMC.
 """
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Any, Optional, Set
 
 from .transport import (
+    ACCESS_HINT,
     BULK_TIMEOUT,
     CONTROL_TIMEOUT,
     PRODUCTS,
     READ_TIMEOUT,
     VENDOR_ID,
+    UsbAbsent,
     UsbError,
     UsbGone,
     UsbUnavailable,
@@ -23,6 +27,8 @@ from .transport import (
 
 _VENDOR_OUT = 0x40  # host-to-device, vendor, device
 _VENDOR_IN = 0xC0
+# libusb's NO_DEVICE and IO errors: usbboot takes both as "the device went away"
+_GONE = (errno.ENODEV, errno.EIO)
 
 
 def _import_usb() -> Any:
@@ -42,6 +48,22 @@ def _location(dev: Any) -> str:
     return f"{dev.bus}-{path}" if ports else str(dev.bus)
 
 
+def _ident(dev: Any) -> str:
+    return f"{dev.bus}:{dev.address}"
+
+
+def usb_error(what: str, location: str, e: Exception) -> UsbError:
+    """A pyusb error as the relay's UsbError, saying what to do where it can."""
+    code = getattr(e, "errno", None)
+    if code in _GONE or "No such device" in str(e):
+        return UsbGone(f"{what}: the device at {location} went away")
+    if code == errno.EACCES:
+        return UsbError(f"{what} at {location}: {ACCESS_HINT}")
+    if code == errno.EBUSY:
+        return UsbError(f"{what} at {location}: busy (another program, rpiboot?, has it)")
+    return UsbError(f"{what} at {location}: {e}")
+
+
 class PyUsbDevice:
     def __init__(self, usb: Any, dev: Any) -> None:
         self._usb = usb
@@ -49,18 +71,36 @@ class PyUsbDevice:
         self.product_id = int(dev.idProduct)
         self.iserial = int(dev.iSerialNumber)
         self.location = _location(dev)
+        self.ident = _ident(dev)
+        try:
+            self._open()
+        except usb.core.USBError as e:
+            self.close()
+            raise usb_error("opening", self.location, e) from None
+
+    def _open(self) -> None:
+        """Claim the vendor interface as usbboot does; pyusb errors pass through."""
+        usb, dev = self._usb, self._dev
         try:
             if dev.is_kernel_driver_active(0):
                 dev.detach_kernel_driver(0)
-        except (NotImplementedError, usb.core.USBError):
+        except NotImplementedError:
             pass
+        except usb.core.USBError as e:
+            if e.errno in _GONE or e.errno == errno.EACCES:
+                raise
         try:
+            cfg = dev.get_active_configuration()
+        except usb.core.USBError as e:
+            if e.errno is not None:
+                raise
+            # "Configuration not set": usbboot never sets one (the kernel has, and a
+            # SET_CONFIGURATION on a configured device is a lightweight reset), so only here
             dev.set_configuration()
-        except usb.core.USBError:
-            pass  # already configured (the ROM has one configuration)
-        cfg = dev.get_active_configuration()
+            cfg = dev.get_active_configuration()
         # usbboot: interface 0 when the device has one interface, else 1
         intf = cfg[(0, 0)] if cfg.bNumInterfaces == 1 else cfg[(1, 0)]
+        usb.util.claim_interface(dev, intf.bInterfaceNumber)
         self._out = usb.util.find_descriptor(
             intf,
             custom_match=lambda e: (
@@ -77,9 +117,7 @@ class PyUsbDevice:
             raise UsbError(f"device at {self.location} has no bulk OUT endpoint")
 
     def _fail(self, what: str, e: Exception) -> UsbError:
-        if getattr(e, "errno", None) == 19 or "No such device" in str(e):
-            return UsbGone(f"{what}: the device at {self.location} went away")
-        return UsbError(f"{what} at {self.location}: {e}")
+        return usb_error(what, self.location, e)
 
     def control_out(self, value: int, index: int, timeout: float = CONTROL_TIMEOUT) -> None:
         try:
@@ -128,17 +166,36 @@ class PyUsbBus:
             self._usb.core.find(idVendor=VENDOR_ID)
         except self._usb.core.NoBackendError:
             raise UsbUnavailable("pyusb found no USB backend: install libusb-1.0") from None
+        except self._usb.core.USBError as e:
+            raise usb_error("listing USB devices", "the host", e) from None
 
-    def wait_device(self, timeout: float) -> PyUsbDevice:
+    def _candidates(self, skip: str) -> Any:
+        try:
+            found = list(self._usb.core.find(find_all=True, idVendor=VENDOR_ID))
+        except self._usb.core.USBError as e:
+            raise usb_error("listing USB devices", "the host", e) from None
+        for dev in found:
+            if int(dev.idProduct) not in self.products or _ident(dev) == skip:
+                continue
+            if self.location is None or _location(dev) == self.location:
+                yield dev
+
+    def wait_device(self, timeout: float, skip: str = "") -> PyUsbDevice:
         deadline = time.monotonic() + timeout
+        failed: Optional[UsbError] = None
         while True:
-            for dev in self._usb.core.find(find_all=True, idVendor=VENDOR_ID):
-                if int(dev.idProduct) not in self.products:
-                    continue
-                if self.location is not None and _location(dev) != self.location:
-                    continue
-                return PyUsbDevice(self._usb, dev)
+            for dev in self._candidates(skip):
+                try:
+                    return PyUsbDevice(self._usb, dev)
+                except UsbError as e:
+                    # right after enumeration udev may not have applied the
+                    # permissions yet, or the device is already leaving: retry
+                    failed = e
             if time.monotonic() >= deadline:
+                if failed is not None:
+                    raise failed
                 where = f" at {self.location}" if self.location else ""
-                raise UsbError(f"no Raspberry Pi in USB boot mode appeared{where} in {timeout:g} s")
+                raise UsbAbsent(
+                    f"no Raspberry Pi in USB boot mode appeared{where} in {timeout:g} s"
+                )
             time.sleep(0.2)

@@ -6,14 +6,21 @@ orchestrates; this relay is only a pipe between the SBC's boot ROM (over a
 
 - stage 1: the bootcode for the ROM's product id (bootcode.bin, bootcode4.bin,
   bootcode5.bin) goes out after a 24-byte boot message; the ROM answers a
-  4-byte return code and enumerates again as the file server;
-- stage 2: for each request, a name the manifest does not list gets size 0 (as
-  usbboot does for a missing file), a name with ".." is refused (size 0,
-  reported), `*PROPERTY*VALUE` metadata is acked with a zero-length write; a
-  listed file is first vouched for by the BMC (`boot-report serve` with the
-  manifest generation: a changed manifest stops the boot), then read from the
-  BMC (streamed) or from the host's content-addressed cache (DIR/sha256/<hex>),
-  and its SHA-256 and size are checked before a single byte goes to the SBC.
+  4-byte return code and enumerates again as the file server. The old ROM can
+  stay listed for a moment (it is skipped); a ROM that enumerates anew did not
+  take the bootcode and gets it again, up to BOOTCODE_TRIES times;
+- file-server sessions, one per enumeration (bootcode4.bin's, then
+  start4.elf's on a Pi 4): a session ends with Done, an empty name (acked with
+  a zero-length write, as usbboot does) or the device leaving the bus while the
+  relay waits for its next request; the boot is done when no new file server
+  appears within `grace` seconds. For each request, a name the manifest does
+  not list gets size 0 (as usbboot does for a missing file), a name with ".."
+  is refused (size 0, reported), `*PROPERTY*VALUE` metadata is acked with a
+  zero-length write; a listed file is first vouched for by the BMC
+  (`boot-report serve` with the manifest generation: a changed manifest stops
+  the boot), then read from the BMC (streamed) or from the host's
+  content-addressed cache (DIR/sha256/<hex>), and its SHA-256 and size are
+  checked before a single byte goes to the SBC.
   A mismatch is refused, reported to the BMC (logged and counted there) and
   the boot fails visibly (`BootFailed`, non-zero exit).
 """
@@ -31,13 +38,28 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ..client import BmcClient
 from ..errors import BmcError, Conflict, LinkGone, NotFound, ProtocolError, Timeout
 from ..keys import Key
-from .transport import PRODUCTS, ROM_SERIALS, UsbBus, UsbDevice, UsbError, ep_read, ep_write
+from .transport import (
+    PRODUCTS,
+    ROM_SERIALS,
+    UsbAbsent,
+    UsbBus,
+    UsbDevice,
+    UsbError,
+    UsbGone,
+    ep_read,
+    ep_write,
+)
 
 REQUEST = struct.Struct("<i256s")
 GET_FILE_SIZE = 0
 READ_FILE = 1
 DONE = 2
 MAX_FILE = 0x7FFFFFFF
+BOOTCODE_TRIES = 3  # sends of the bootcode to a ROM that keeps coming back
+RETURN_CODE_DELAY = 1.0  # usbboot waits this long before reading the ROM's return code
+# A stage hands over to the next in about 1.5-3 s (usbboot's logs); no new file
+# server for this long after a session means the SBC booted.
+GRACE = 5.0
 
 
 class BootFailed(Exception):
@@ -197,16 +219,19 @@ class Relay:
         log: Callable[[str], None] = lambda s: None,
         wait_timeout: float = 60.0,
         stage_timeout: float = 15.0,
+        grace: float = GRACE,
     ) -> None:
         self.source = source
         self.bus = bus
         self.log = log
         self.wait_timeout = wait_timeout
         self.stage_timeout = stage_timeout
+        self.grace = grace
         self.served: List[str] = []
         self.refused: List[str] = []
         self.missing: List[str] = []
         self.metadata: List[str] = []
+        self.sessions = 0
 
     # -- the whole boot --------------------------------------------------------
     def run(self) -> Dict[str, Any]:
@@ -214,18 +239,7 @@ class Relay:
         try:
             self.source.load_manifest()
             self.log(f"manifest generation {self.source.gen}: {len(self.source.entries)} files")
-            dev = self.bus.wait_device(self.wait_timeout)
-            try:
-                if dev.iserial in ROM_SERIALS:
-                    self._stage1(dev)
-                    dev.close()
-                    dev = self.bus.wait_device(self.stage_timeout)
-                    if dev.iserial in ROM_SERIALS:
-                        raise BootFailed("the SBC came back as the ROM: the bootcode did not run")
-                self.log(f"file server on {dev.location} (product {dev.product_id:#06x})")
-                self._file_server(dev)
-            finally:
-                dev.close()
+            self._serve(self.bus.wait_device(self.wait_timeout))
         except BootFailed as e:
             self._fail(str(e))
         except UsbError as e:
@@ -240,11 +254,55 @@ class Relay:
             "refused": self.refused,
             "metadata": self.metadata,
             "gen": self.source.gen,
+            "sessions": self.sessions,
         }
         why = self.source.report("done", detail=f"{len(self.served)} served")
         if why:
             self.log(f"could not report done to the BMC: {why}")
         return summary
+
+    def _serve(self, dev: Optional[UsbDevice]) -> None:
+        """The ROM stage if it is one, then file-server sessions until none comes."""
+        tries = 0
+        while dev is not None:
+            try:
+                if dev.iserial in ROM_SERIALS:
+                    if self.sessions:
+                        raise BootFailed("the SBC came back as the ROM after a file server")
+                    if tries == BOOTCODE_TRIES:
+                        raise BootFailed(
+                            f"the ROM came back after {tries} sends of the bootcode: "
+                            "it did not run (wrong bootcode for this SBC?)"
+                        )
+                    if tries:
+                        self.log(f"the ROM enumerated again: bootcode send {tries} did not take")
+                    tries += 1
+                    self._stage1(dev)
+                    wait, what = self.stage_timeout, "the file server after the bootcode"
+                else:
+                    self.sessions += 1
+                    self.log(
+                        f"file server {self.sessions} on {dev.location} "
+                        f"(product {dev.product_id:#06x})"
+                    )
+                    self._file_server(dev)
+                    wait, what = self.grace, ""
+            finally:
+                dev.close()
+            dev = self._next_device(dev.ident, wait, what)
+
+    def _next_device(self, used: str, timeout: float, what: str) -> Optional[UsbDevice]:
+        """The next enumeration (not `used`, which may stay listed a moment).
+
+        None when none came and none was needed (`what` empty): the boot is done.
+        """
+        try:
+            return self.bus.wait_device(timeout, skip=used)
+        except UsbAbsent:
+            if what:
+                raise BootFailed(f"no {what} in {timeout:g} s") from None
+        self.log(f"no new file server in {timeout:g} s: the SBC booted")
+        return None
 
     def _fail(self, why: str) -> None:
         self.log(f"boot failed: {why}")
@@ -275,23 +333,40 @@ class Relay:
         self.source.vouch(self.source.entries[name], "serve")
         ep_write(dev, struct.pack("<i20s", len(data), b""))
         ep_write(dev, data)
-        raw = ep_read(dev, 4)
+        self.served.append(name)
+        # as usbboot: give the ROM a moment, and take a failed or short read as no
+        # answer (the ROM may already be leaving); what enumerates next decides
+        time.sleep(RETURN_CODE_DELAY)
+        try:
+            raw = ep_read(dev, 4)
+        except UsbError as e:
+            self.log(f"no return code from the ROM ({e}): waiting for the file server")
+            return
         if len(raw) != 4:
-            raise BootFailed(f"the ROM answered {len(raw)} bytes instead of a return code")
+            self.log(f"the ROM answered {len(raw)} bytes instead of a return code")
+            return
         (code,) = struct.unpack("<i", raw)
         if code != 0:
             raise BootFailed(f"the ROM refused {name}: return code {code}")
-        self.served.append(name)
 
     def _file_server(self, dev: UsbDevice) -> None:
+        """One session; it ends with Done, an empty name or the device leaving."""
         held: Tuple[str, Optional[bytes]] = ("", None)
         while True:
-            raw = ep_read(dev, REQUEST.size)
+            try:
+                raw = ep_read(dev, REQUEST.size)
+            except UsbGone:
+                # between requests this is a stage handing over to the next one
+                self.log("the file server left the bus")
+                return
             if len(raw) != REQUEST.size:
                 raise BootFailed(f"short file request ({len(raw)} bytes)")
             cmd, fname = REQUEST.unpack(raw)
             name = fname.split(b"\0", 1)[0].decode("latin-1")
-            if cmd == DONE or not name:
+            if not name:
+                self._ack_done(dev)
+                return
+            if cmd == DONE:
                 self.log("the SBC is done with the file server")
                 return
             if cmd not in (GET_FILE_SIZE, READ_FILE):
@@ -324,6 +399,15 @@ class Relay:
                 self.served.append(name)
                 self.log(f"served {name} ({len(data)} bytes)")
                 held = ("", None)
+
+    def _ack_done(self, dev: UsbDevice) -> None:
+        """usbboot acks an empty name (Done) with a zero-length write; the device
+        may already be gone, which is fine."""
+        self.log("the SBC is done with the file server")
+        try:
+            dev.control_out(0, 0)
+        except UsbError:
+            pass
 
     @staticmethod
     def _absent(dev: UsbDevice, cmd: int) -> None:

@@ -5,7 +5,10 @@ its SBC sits in USB boot mode. Each connection is one enumeration: the device
 first sends its descriptor, then answers transfers one at a time; closing
 the connection is the device leaving the bus (re-enumeration, power off).
 
-    device -> host, on connect:  "RPIB" u16 vendor, u16 product, u8 iSerialNumber
+    device -> host, on connect:  "RPIB" u16 vendor, u16 product, u8 iSerialNumber,
+                                  u8 address (new with each enumeration), u8 flags
+                                  (1: opening it is denied, as before udev applied
+                                  the permissions; the device then closes)
     host -> device, a transfer:  u8 op, u16 wValue, u16 wIndex, u32 length, [length bytes]
         op "O" control OUT (no data stage in this protocol: length 0)
            "I" control IN (length = wLength)
@@ -13,6 +16,9 @@ the connection is the device leaving the bus (re-enumeration, power off).
            "b" bulk IN (length = bytes wanted)
     device -> host, the answer:  u8 status (0 ok, 1 stall), u32 n, [n bytes for IN]
                                   (for OUT transfers n is the count taken)
+
+A device that left the bus may still be listed for a moment: its descriptor
+comes with its old address, and the connection closes.
 """
 
 from __future__ import annotations
@@ -24,16 +30,19 @@ import time
 from typing import Optional
 
 from .transport import (
+    ACCESS_HINT,
     BULK_TIMEOUT,
     CONTROL_TIMEOUT,
     PRODUCTS,
     READ_TIMEOUT,
     VENDOR_ID,
+    UsbAbsent,
     UsbError,
     UsbGone,
 )
 
-DESC = struct.Struct("<4sHHB")
+DESC = struct.Struct("<4sHHBBB")
+DENIED = 1  # descriptor flag: the open fails with access denied
 XFER = struct.Struct("<cHHI")
 ANSWER = struct.Struct("<BI")
 MAGIC = b"RPIB"
@@ -49,7 +58,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
         except socket.timeout:
             raise UsbError("USB transfer timed out") from None
         except OSError as e:
-            raise UsbGone(f"device link broke: {e.strerror or e}") from None
+            raise UsbGone(f"the device left the bus ({e.strerror or e})") from None
         if not part:
             raise UsbGone("the device left the bus")
         buf += part
@@ -60,12 +69,14 @@ class SimDevice:
     def __init__(self, sock: socket.socket, path: str) -> None:
         self._sock = sock
         self.location = path
-        magic, vendor, product, iserial = DESC.unpack(recv_exact(sock, DESC.size))
+        magic, vendor, product, iserial, address, flags = DESC.unpack(recv_exact(sock, DESC.size))
         if magic != MAGIC:
             raise UsbError(f"{path} is not a simulated USB device")
         self.vendor_id = vendor
         self.product_id = product
         self.iserial = iserial
+        self.ident = f"{path}#{address}"
+        self.denied = bool(flags & DENIED)
 
     def _xfer(
         self, op: bytes, value: int, index: int, length: int, data: bytes, timeout: float
@@ -113,19 +124,26 @@ class SimBus:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def wait_device(self, timeout: float) -> SimDevice:
+    def wait_device(self, timeout: float, skip: str = "") -> SimDevice:
         deadline = time.monotonic() + timeout
         last: Optional[str] = None
+        failed: Optional[UsbError] = None  # a device that was there but would not open
         while True:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 s.settimeout(2.0)
                 s.connect(self.path)
                 dev = SimDevice(s, self.path)
-                if dev.vendor_id == VENDOR_ID and dev.product_id in PRODUCTS:
+                if dev.vendor_id != VENDOR_ID or dev.product_id not in PRODUCTS:
+                    dev.close()
+                    last = f"device {dev.vendor_id:04x}:{dev.product_id:04x} is not a Pi boot ROM"
+                elif dev.ident == skip:
+                    dev.close()  # the enumeration just used, still listed
+                elif dev.denied:
+                    dev.close()
+                    failed = UsbError(f"opening: {dev.location}: {ACCESS_HINT}")
+                else:
                     return dev
-                dev.close()
-                last = f"device {dev.vendor_id:04x}:{dev.product_id:04x} is not a Pi boot ROM"
             except OSError as e:
                 s.close()
                 if e.errno not in (errno.ENOENT, errno.ECONNREFUSED, None):
@@ -134,8 +152,10 @@ class SimBus:
                 s.close()
                 last = str(e)
             if time.monotonic() >= deadline:
+                if failed is not None:
+                    raise failed
                 why = f" ({last})" if last else ""
-                raise UsbError(
+                raise UsbAbsent(
                     f"no Raspberry Pi in USB boot mode appeared on {self.path} "
                     f"in {timeout:g} s{why}"
                 )

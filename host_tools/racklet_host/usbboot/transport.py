@@ -4,8 +4,10 @@ A `UsbBus` finds a Raspberry Pi boot ROM (vendor 0x0a5c) and returns a
 `UsbDevice`; the device offers the four transfers the protocol needs (vendor
 control OUT / IN on endpoint 0, bulk OUT / IN) and its `iSerialNumber`
 descriptor index, which tells the stage: 0 or 3 = the ROM waits for the
-second-stage bootcode, anything else = the bootcode's file server. Each stage
-enumerates anew, so the relay asks the bus again after stage 1.
+second-stage bootcode, anything else = a file server (the bootcode's, then
+start*.elf's). Each stage enumerates anew, with a new bus address, so the relay
+asks the bus again after every stage, skipping the enumeration it just used
+(`ident`): the old one can stay listed for a moment after the device left.
 
 Implementations: `pyusb_bus.PyUsbBus` (real hardware, the optional `boot`
 extra) and `simbus.SimBus` (a Unix socket to `simrom.SimBootRom`, the
@@ -48,10 +50,22 @@ class UsbUnavailable(UsbError):
     """No USB access at all (pyusb or its backend missing)."""
 
 
+class UsbAbsent(UsbError):
+    """No Raspberry Pi boot device appeared before the deadline."""
+
+
+# why an open was refused, and what fixes it (the usual first-run problem)
+ACCESS_HINT = (
+    "access denied: install the udev rule packaging/99-racklet-bmc.rules and add "
+    "this user to the racklet group (or run as root)"
+)
+
+
 class UsbDevice(Protocol):
     product_id: int
     iserial: int  # iSerialNumber (the descriptor's string index)
     location: str  # where it is attached, e.g. "1-1.3" (bus-port path) or a socket path
+    ident: str  # this enumeration (bus and address): a re-enumerated device has another
 
     def control_out(self, value: int, index: int, timeout: float = CONTROL_TIMEOUT) -> None:
         """Vendor control OUT, request 0, no data stage."""
@@ -73,8 +87,12 @@ class UsbDevice(Protocol):
 
 
 class UsbBus(Protocol):
-    def wait_device(self, timeout: float) -> UsbDevice:
-        """The next Raspberry Pi boot ROM device to appear; UsbError on timeout."""
+    def wait_device(self, timeout: float, skip: str = "") -> UsbDevice:
+        """The next Raspberry Pi boot device whose `ident` is not `skip`.
+
+        UsbAbsent when none appeared in time; the open's UsbError (access
+        denied, ...) when one appeared but could not be opened by then.
+        """
         ...
 
 
