@@ -119,6 +119,12 @@ def boot_files(work: Path, tag: str) -> Dict[str, bytes]:
 # what the SBC asks for, in order, after the bootcode
 ASKS = ["config.txt", "start4.elf", "fixup4.dat", "cmdline.txt", "racklet-inventory.json"]
 ASKS += ["kernel8.img"]
+# a real Pi 4: bootcode4.bin's file server hands over by leaving the bus, then
+# start4.elf's enumerates anew and asks for config.txt again and the kernel
+PI4_SESSIONS = [
+    (["config.txt", "start4.elf", "fixup4.dat"], "disconnect"),
+    (["config.txt", "cmdline.txt", "racklet-inventory.json", "kernel8.img"], "done"),
+]
 
 
 def push_manifest(rack: Rack, slot: int, admin: Path, work: Path, tag: str, cache: Path) -> None:
@@ -196,8 +202,8 @@ def in_usb_boot(rack: Rack, slot: int) -> Callable[[], bool]:
 def rom(rack: Rack, tmp_path: Path) -> Iterator[Callable[..., SimBootRom]]:
     made: List[SimBootRom] = []
 
-    def make(slot: int, asks: Optional[List[str]] = None) -> SimBootRom:
-        r = SimBootRom(str(tmp_path / f"usb{slot}.sock"), CM4, files=asks or ASKS)
+    def make(slot: int, asks: Optional[List[str]] = None, **kw: Any) -> SimBootRom:
+        r = SimBootRom(str(tmp_path / f"usb{slot}.sock"), CM4, files=asks or ASKS, **kw)
         r.follow(in_usb_boot(rack, slot))
         made.append(r)
         return r
@@ -287,7 +293,7 @@ def test_usb_boot_end_to_end(
     sbc_off(rack, 1, admin)
     since = last_seq(rack, 1, admin)
     before = metrics(rack, 1)
-    r = rom(1)
+    r = rom(1, sessions=PI4_SESSIONS)
     assert boot_usb(rack, admin, 1, cache, r.path) == 0
     out = capsys.readouterr()
     assert "booted, served bootcode4.bin" in out.out, out.err
@@ -295,6 +301,7 @@ def test_usb_boot_end_to_end(
 
     # byte for byte what the manifest lists
     assert r.bootcode == files["bootcode4.bin"]
+    assert r.reads == PI4_SESSIONS[0][0] + PI4_SESSIONS[1][0]  # both sessions, in order
     for name in ("config.txt", "start4.elf", "fixup4.dat", "kernel8.img"):
         assert r.received[name] == files[name], name
     # the generated files carry the pushed URL and keys
@@ -315,13 +322,13 @@ def test_usb_boot_end_to_end(
     assert rack.sbc(1)["boot_mode"] == "usb"
     wait_for(lambda: boot_select_released(rack, 1), 5, "boot-select still asserted")
     st = boot_status(rack, 1)
-    assert st["state"] == "done" and st["detail"] == "7 served"
+    assert st["state"] == "done" and st["detail"] == "8 served"  # config.txt twice
     evs = events(rack, 1, admin, since)
     got = causes(evs)
     for cause in ("usb_boot_select", "usb_boot_power_cycle", "usb_boot_done", "usb_boot_release"):
         assert cause in got, got
     assert got.index("usb_boot_select") < got.index("usb_boot_done") < got.index("usb_boot_release")
-    assert detail_of(evs, "usb_boot_done") == "7 served, 0 unlisted asked"
+    assert detail_of(evs, "usb_boot_done") == "8 served, 0 unlisted asked"
     after = metrics(rack, 1)
 
     def delta(name: str) -> float:
@@ -329,10 +336,10 @@ def test_usb_boot_end_to_end(
 
     assert delta('bmc_usb_boots_total{outcome="started"}') == 1
     assert delta('bmc_usb_boots_total{outcome="done"}') == 1
-    assert delta("bmc_boot_files_served_total") == 7
+    assert delta("bmc_boot_files_served_total") == 8
     streamed = sum(len(files[n]) for n in ("bootcode4.bin", "config.txt", "start4.elf"))
     streamed += len(files["fixup4.dat"]) + len(r.received["cmdline.txt"])
-    streamed += len(r.received["racklet-inventory.json"])
+    streamed += len(r.received["racklet-inventory.json"]) + len(files["config.txt"])
     assert delta("bmc_boot_streamed_bytes_total") == streamed
     assert after['bmc_usb_boot_state{bmc_usb_boot_state="done"}'] == 1
 
