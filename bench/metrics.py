@@ -167,43 +167,29 @@ def run() -> None:
             _report_host_side(scraper)
         finally:
             fakes.stop_all()
-        pace_file = os.path.join(tmp, "pace.json")
-        with open(pace_file, "w", encoding="utf-8") as f:
-            json.dump(pace, f)
-        paced = Fakes(pathlib.Path(tmp) / "paced")
-        paced.rack.mkdir()
-        try:
-            paced.start_paced(list(range(1, BOARDS + 1)), template, pace_file)
-            pports = discovery.rack_ports(str(paced.rack))
-            offsets = "/".join(f"{t:.1f}" for t in pace["offsets_ms"])
-            print(
-                f"metrics: {BOARDS} paced stand-in BMCs replay that render as the simulated BMC "
-                f"sent it when scraped alone: {len(pace['sizes'])} chunks at {offsets} ms, "
-                f"answer complete at {pace['done_ms']:.1f} ms (median of {PACE_ROUNDS}); one "
-                "process sleeps until the next chunk is due, so each BMC renders as on a CPU "
-                "of its own, as on a rack"
-            )
-            paced_ratio, _ = _measure("paced stand-ins", pports, PACED_ROUNDS)
-        finally:
-            paced.stop_all()
+        offsets = "/".join(f"{t:.1f}" for t in pace["offsets_ms"])
+        paced_ratio = _paced(
+            pathlib.Path(tmp) / "paced",
+            template,
+            pace,
+            "paced stand-ins",
+            f"metrics: {BOARDS} paced stand-in BMCs replay that render as the simulated BMC "
+            f"sent it when scraped alone: {len(pace['sizes'])} chunks at {offsets} ms, "
+            f"answer complete at {pace['done_ms']:.1f} ms (median of {PACE_ROUNDS}); one "
+            "process sleeps until the next chunk is due, so each BMC renders as on a CPU "
+            "of its own, as on a rack",
+        )
         linked = at_link_ceiling(pace)
-        link_file = os.path.join(tmp, "pace-usb.json")
-        with open(link_file, "w", encoding="utf-8") as f:
-            json.dump(linked, f)
-        usb = Fakes(pathlib.Path(tmp) / "usb")
-        usb.rack.mkdir()
-        try:
-            usb.start_paced(list(range(1, BOARDS + 1)), template, link_file)
-            uports = discovery.rack_ports(str(usb.rack))
-            offsets = "/".join(f"{t:.1f}" for t in linked["offsets_ms"])
-            print(
-                f"metrics: the same, no faster than a USB full-speed link carries the frames "
-                f"({USB_FS_BYTES_PER_S / 1e6:g} MB/s, the brief's ceiling for one CDC link): "
-                f"chunks at {offsets} ms, answer complete at {linked['done_ms']:.1f} ms"
-            )
-            usb_ratio, _ = _measure("paced at USB speed", uports, PACED_ROUNDS)
-        finally:
-            usb.stop_all()
+        offsets = "/".join(f"{t:.1f}" for t in linked["offsets_ms"])
+        usb_ratio = _paced(
+            pathlib.Path(tmp) / "usb",
+            template,
+            linked,
+            "paced at USB speed",
+            f"metrics: the same, no faster than a USB full-speed link carries the frames "
+            f"({USB_FS_BYTES_PER_S / 1e6:g} MB/s, the brief's ceiling for one CDC link): "
+            f"chunks at {offsets} ms, answer complete at {linked['done_ms']:.1f} ms",
+        )
         print(
             f"metrics: fan-out ratio p99(32)/slowest single (goal <= {GOAL}x): "
             f"simulated BMCs {sim_ratio:.2f}x ({cpus} cores for {BOARDS} MicroPython BMCs), "
@@ -221,6 +207,24 @@ def run() -> None:
             f"timing, link ceiling): ratio p99(32)/slowest single {usb_ratio:.2f}x "
             f"(goal <= {GOAL}x: {verdict})"
         )
+
+
+def _paced(
+    where: pathlib.Path, template: str, pace: Dict[str, Any], what: str, intro: str
+) -> float:
+    """The fan-out ratio with 32 paced stand-ins replaying `template` at `pace`."""
+    pace_file = f"{where}.json"
+    with open(pace_file, "w", encoding="utf-8") as f:
+        json.dump(pace, f)
+    fakes = Fakes(where)
+    fakes.rack.mkdir(parents=True)
+    try:
+        fakes.start_paced(list(range(1, BOARDS + 1)), template, pace_file)
+        print(intro)
+        ratio, _ = _measure(what, discovery.rack_ports(str(fakes.rack)), PACED_ROUNDS)
+        return ratio
+    finally:
+        fakes.stop_all()
 
 
 def at_link_ceiling(pace: Dict[str, Any]) -> Dict[str, Any]:
