@@ -337,3 +337,19 @@ def test_pyusb_skips_the_enumeration_just_used(pyusb: Any) -> None:
         pyusb(FakeUsbDev(address=5)).wait_device(0.3, skip="1:5")
     assert pyusb(FakeUsbDev(address=5), FakeUsbDev(address=6)).wait_device(1, "1:5").ident == "1:6"
     assert issubclass(UsbAbsent, UsbError)
+
+
+def test_a_request_may_take_as_long_as_usbboot_waits() -> None:
+    # A stage may think for seconds before its next file request (a Pi 5's bootmain:
+    # 1-2.5 s before config.txt); usbboot's ep_read waits 20 s for it.
+    from racklet_host.usbboot.transport import ep_read
+
+    asked: List[Tuple[int, int, int, float]] = []
+
+    class Device:
+        def control_in(self, value: int, index: int, length: int, timeout: float = 0.0) -> bytes:
+            asked.append((value, index, length, timeout))
+            return bytes(length)
+
+    assert ep_read(Device(), 260) == bytes(260)  # type: ignore[arg-type]
+    assert asked == [(260, 0, 260, 20.0)]

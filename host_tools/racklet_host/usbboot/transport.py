@@ -34,7 +34,9 @@ PRODUCTS = {
 ROM_SERIALS = (0, 3)  # iSerialNumber of a ROM waiting for the bootcode
 BULK_CHUNK = 16 * 1024
 CONTROL_TIMEOUT = 1.0
-READ_TIMEOUT = 3.0
+# usbboot's ep_read waits 20 s: a stage may think for seconds before its next request
+# (a Pi 5's bootmain sets up SDRAM and RP1 before it asks for config.txt).
+READ_TIMEOUT = 20.0
 BULK_TIMEOUT = 5.0
 
 
@@ -111,4 +113,4 @@ def ep_write(dev: UsbDevice, data: bytes) -> None:
 
 def ep_read(dev: UsbDevice, n: int) -> bytes:
     """usbboot's read primitive: a vendor control IN carrying the length."""
-    return dev.control_in(n & 0xFFFF, n >> 16, n)
+    return dev.control_in(n & 0xFFFF, n >> 16, n, READ_TIMEOUT)
