@@ -167,28 +167,22 @@ def run() -> None:
             _report_host_side(scraper)
         finally:
             fakes.stop_all()
-        offsets = "/".join(f"{t:.1f}" for t in pace["offsets_ms"])
         paced_ratio = _paced(
             pathlib.Path(tmp) / "paced",
             template,
             pace,
             "paced stand-ins",
-            f"metrics: {BOARDS} paced stand-in BMCs replay that render as the simulated BMC "
-            f"sent it when scraped alone: {len(pace['sizes'])} chunks at {offsets} ms, "
-            f"answer complete at {pace['done_ms']:.1f} ms (median of {PACE_ROUNDS}); one "
-            "process sleeps until the next chunk is due, so each BMC renders as on a CPU "
-            "of its own, as on a rack",
+            f"{BOARDS} paced stand-in BMCs replay that render as the simulated BMC sent it "
+            f"when scraped alone (median of {PACE_ROUNDS}); one process sleeps until the next "
+            "chunk is due, so each BMC renders as on a CPU of its own, as on a rack",
         )
-        linked = at_link_ceiling(pace)
-        offsets = "/".join(f"{t:.1f}" for t in linked["offsets_ms"])
         usb_ratio = _paced(
             pathlib.Path(tmp) / "usb",
             template,
-            linked,
+            at_link_ceiling(pace),
             "paced at USB speed",
-            f"metrics: the same, no faster than a USB full-speed link carries the frames "
-            f"({USB_FS_BYTES_PER_S / 1e6:g} MB/s, the brief's ceiling for one CDC link): "
-            f"chunks at {offsets} ms, answer complete at {linked['done_ms']:.1f} ms",
+            "the same, no faster than a USB full-speed link carries the frames "
+            f"({USB_FS_BYTES_PER_S / 1e6:g} MB/s, the brief's ceiling for one CDC link)",
         )
         print(
             f"metrics: fan-out ratio p99(32)/slowest single (goal <= {GOAL}x): "
@@ -213,6 +207,11 @@ def _paced(
     where: pathlib.Path, template: str, pace: Dict[str, Any], what: str, intro: str
 ) -> float:
     """The fan-out ratio with 32 paced stand-ins replaying `template` at `pace`."""
+    offsets = "/".join(f"{t:.1f}" for t in pace["offsets_ms"])
+    intro = (
+        f"metrics: {intro}: {len(pace['sizes'])} chunks at {offsets} ms, "
+        f"answer complete at {pace['done_ms']:.1f} ms"
+    )
     pace_file = f"{where}.json"
     with open(pace_file, "w", encoding="utf-8") as f:
         json.dump(pace, f)

@@ -87,12 +87,12 @@ def maintenance_at_boot(flagged):
     made it, and the board resets for a clean start (after a soft reset from mpremote's
     raw REPL MicroPython runs boot.py but not main.py). The timer wraps every 2**30 ms:
     a soft reset in the first second after a wrap (once in 12.4 days) is taken for a
-    hard one and ends the session; a start that reads late twice in a row is taken for a
-    slow hard one. After a hard reset the session is over (a watchdog
-    reset that ends one was `machine.reset()` at the REPL, so it is reported as a
-    requested reset); a new one starts when an admin left the one-shot flag (`flagged`)
-    or BOOTSEL is pressed within `BOOTSEL_WINDOW_MS`, and its REPL comes up only once the
-    timer has passed `_SOFT_RESET_MIN_MS`, so mpremote's first soft reset reads as one.
+    hard one and ends the session; a start that reads late twice in a row is taken for
+    a slow hard one. After a hard reset the session is over (a watchdog reset that ends
+    one was `machine.reset()` at the REPL, so it is reported as a requested reset); a new
+    one starts when an admin left the one-shot flag (`flagged`) or BOOTSEL is pressed
+    within `BOOTSEL_WINDOW_MS`, and its REPL comes up only once the timer has passed
+    `_SOFT_RESET_MIN_MS`, so mpremote's first soft reset reads as one.
     """
     mem = machine.mem32
     if ticks_ms() >= _SOFT_RESET_MIN_MS:
@@ -311,5 +311,5 @@ class Board:
         # The reply that asked for this (bmc-reboot, maintenance) may still be in the
         # CDC's buffer: the USB stack sends it while we sleep (the host polls within a
         # frame or two); a reset now would drop it.
-        Clock().sleep_ms(_REBOOT_DRAIN_MS)
+        self.clock.sleep_ms(_REBOOT_DRAIN_MS)
         machine.reset()
