@@ -428,3 +428,121 @@ def test_poll_frames_takes_whole_frames_and_leaves_the_rest_to_the_reader() -> N
         link.close()
         os.close(master)
         os.close(slave)
+
+
+class _SlowLink:
+    """Links whose open and close take `delay` seconds (a USB CDC port's: DTR goes up
+    or down by a control transfer to the device), counting how many run at once."""
+
+    def __init__(self, delay: float, hang: str = "", hang_s: float = 0.0) -> None:
+        self.delay = delay
+        self.hang = hang  # a port path whose open takes `hang_s` instead (a wedged device)
+        self.hang_s = hang_s
+        self.guard = threading.Lock()
+        self.now = {"open": 0, "close": 0}
+        self.most = {"open": 0, "close": 0}
+        self.closed: Dict[str, int] = {}
+        counter = self
+
+        from racklet_host.transport import Link
+
+        class Slow(Link):
+            @staticmethod
+            def waits_on_device(path: str) -> bool:
+                return True  # as a USB CDC port's open and close do
+
+            @classmethod
+            def open_port(cls, path: str, busy_wait: float = 0.0) -> int:
+                counter._run("open", path)
+                return super().open_port(path, busy_wait)
+
+            def close(self) -> None:
+                if self.is_open:
+                    counter._run("close", self.path)
+                    with counter.guard:
+                        counter.closed[self.path] = counter.closed.get(self.path, 0) + 1
+                super().close()
+
+        self.cls = Slow
+
+    def _run(self, what: str, path: str) -> None:
+        with self.guard:
+            self.now[what] += 1
+            self.most[what] = max(self.most[what], self.now[what])
+        try:
+            time.sleep(self.hang_s if what == "open" and path == self.hang else self.delay)
+        finally:
+            with self.guard:
+                self.now[what] -= 1
+
+
+def test_slow_opens_and_closes_of_usb_ports_run_at_once(fakes: Fakes) -> None:
+    """Opens and closes that wait on the device (as a USB CDC port's do) overlap across
+    BMCs instead of queueing, and the next scrape waits for the last one's closes."""
+    from racklet_host.bridge.scrape import Scraper
+
+    slow = _SlowLink(0.05)
+    scraper = Scraper(rack=str(fakes.rack), timeout=TIMEOUT, link_class=slow.cls)
+    for _ in range(3):  # back to back: a scrape starts while the last one's closes run
+        results = scraper.scrape()
+        assert [(r.slot, r.up, r.error) for r in results] == [
+            ("slot1", True, None),
+            ("slot2", True, None),
+            ("slot3", True, None),
+        ]
+    assert slow.most["open"] == 3, slow.most
+    assert slow.most["close"] >= 2, slow.most
+    # every link closed once per scrape, none left open, whoever closed it
+    deadline = time.monotonic() + 2
+    while sum(slow.closed.values()) < 9 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(slow.closed.values()) == [3, 3, 3]
+    from racklet_host.transport import Link
+
+    for slot in (1, 2, 3):
+        Link(str(fakes.rack / f"slot{slot}")).close()  # PortBusy if one were still open
+
+
+def test_an_open_that_hangs_is_one_bmc_down_not_a_late_scrape(fakes: Fakes) -> None:
+    """A port whose open hangs past the deadline (a wedged USB device) is that BMC's
+    timeout; the scrape answers in time, and the link is closed once the open returns."""
+    from racklet_host.bridge.scrape import Scraper
+
+    hung = str(fakes.rack / "slot2")
+    slow = _SlowLink(0.0, hang=hung, hang_s=TIMEOUT + 0.5)
+    scraper = Scraper(rack=str(fakes.rack), timeout=TIMEOUT, link_class=slow.cls)
+    t0 = time.monotonic()
+    results = scraper.scrape()
+    took = time.monotonic() - t0
+    assert [(r.slot, r.up, r.error) for r in results] == [
+        ("slot1", True, None),
+        ("slot2", False, "timeout"),
+        ("slot3", True, None),
+    ]
+    assert took < TIMEOUT + 0.4  # the deadline, not the hung open, ended it
+    # once the open returns, its worker closes the port and hands the BMC back
+    from racklet_host.errors import PortBusy
+    from racklet_host.transport import Link
+
+    deadline = time.monotonic() + TIMEOUT + 3
+    while slow.now["open"] and time.monotonic() < deadline:
+        time.sleep(0.02)  # the open still hangs
+    assert slow.now["open"] == 0
+    while True:
+        try:
+            Link(hung).close()
+            break
+        except PortBusy:  # the worker's open returned with the port, not closed yet
+            assert time.monotonic() < deadline, "the late-opened port was never closed"
+            time.sleep(0.02)
+    slow.hang = ""
+    results = scraper.scrape()
+    assert [(r.slot, r.up) for r in results] == [("slot1", True), ("slot2", True), ("slot3", True)]
+
+
+def test_a_pty_port_opens_in_the_loop_and_others_on_workers(fakes: Fakes) -> None:
+    from racklet_host.transport import Link
+
+    assert Link.waits_on_device(str(fakes.rack / "slot1")) is False  # a simulated BMC's PTY
+    assert Link.waits_on_device("/dev/null") is True  # not a PTY: assumed to wait
+    assert Link.waits_on_device(str(fakes.rack / "slot9")) is True  # not there (yet)

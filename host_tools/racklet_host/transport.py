@@ -31,6 +31,7 @@ from .errors import LinkGone, PortBusy, ProtocolError, Timeout
 
 _READ_SIZE = 65536  # a whole metrics answer (~8 KB) in one read when it is there
 _BUSY_POLL = 0.002  # retry interval of a busy open: shorter than any gap between scrapes
+_PTY_MAJORS = range(136, 144)  # Linux's device numbers of pseudo-terminal slaves
 
 
 class Frame(NamedTuple):
@@ -43,16 +44,34 @@ class Frame(NamedTuple):
 class Link:
     """One open serial port, with a frame reader over it."""
 
-    def __init__(self, path: str, busy_wait: float = 0.0) -> None:
+    def __init__(self, path: str, busy_wait: float = 0.0, fd: Optional[int] = None) -> None:
+        """Open the port at `path`; or, with `fd`, take over that descriptor of it,
+        opened and locked by `open_port`."""
         self.path = path
         self.busy_wait = busy_wait  # seconds an open waits for a port another program holds
         self._port: Optional[int] = None  # file descriptor of the open port
         self._reader = codec.FrameReader()
         self._rx = bytearray()
         self._bad_before = 0  # corrupt frames counted by readers replaced since
-        self.open()
+        if fd is None:
+            self.open()
+        else:
+            self._adopt(fd)
 
     # -- opening and closing ------------------------------------------------
+
+    @staticmethod
+    def waits_on_device(path: str) -> bool:
+        """Whether opening and closing the port at `path` waits on its device.
+
+        A USB CDC port's open raises DTR and its close lowers it, each a control
+        transfer to the device that the call waits for (a millisecond or more through
+        a hub); a pseudo-terminal's (a simulated BMC) are a few system calls.
+        """
+        try:
+            return os.major(os.stat(path).st_rdev) not in _PTY_MAJORS
+        except OSError:
+            return True
 
     def open(self) -> None:
         """Open `self.path` (following a symlink) exclusively, in raw mode.
@@ -61,40 +80,49 @@ class Link:
         have passed, then `PortBusy`.
         """
         self.close()
-        deadline = time.monotonic() + self.busy_wait
+        self._adopt(self.open_port(self.path, self.busy_wait))
+
+    @classmethod
+    def open_port(cls, path: str, busy_wait: float = 0.0) -> int:
+        """The port at `path` opened (non-blocking) and locked for this process alone:
+        the part of an open that may wait on the device. A port another program holds
+        is retried every few ms until `busy_wait` seconds have passed, then `PortBusy`."""
+        deadline = time.monotonic() + busy_wait
         while True:
             try:
-                self._open_once()
-                return
+                return cls._open_locked(path)
             except PortBusy:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    if self.busy_wait > 0:
+                    if busy_wait > 0:
                         raise PortBusy(
-                            f"port {self.path} is busy: another program has held it "
-                            f"for {self.busy_wait:g} s"
+                            f"port {path} is busy: another program has held it for {busy_wait:g} s"
                         ) from None
                     raise
                 time.sleep(min(_BUSY_POLL, left))
 
-    def _open_once(self) -> None:
-        """What pyserial's exclusive open does, in a few system calls (the bridge opens
-        every port at every scrape): non-blocking open, flock, raw 8N1 at 115200 baud
-        (set only when the port is not so already), DTR and RTS up, stale input dropped."""
+    @staticmethod
+    def _open_locked(path: str) -> int:
+        """What pyserial's exclusive open does first: a non-blocking open and flock."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError as e:
             reason = "no such device" if e.errno == errno.ENOENT else (e.strerror or str(e))
-            raise LinkGone(f"cannot open {self.path}: {reason}") from None
+            raise LinkGone(f"cannot open {path}: {reason}") from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
-                    raise PortBusy(
-                        f"port {self.path} is busy: another program has it open"
-                    ) from None
-                raise
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
+                raise PortBusy(f"port {path} is busy: another program has it open") from None
+            raise LinkGone(f"cannot open {path}: {e.strerror or e}") from None
+        return fd
+
+    def _adopt(self, fd: int) -> None:
+        """Take over an opened, locked port (the bridge opens every port at every scrape,
+        so this is a few system calls): raw 8N1 at 115200 baud (set only when the port
+        is not so already), DTR and RTS up, stale input dropped."""
+        try:
             _raw_mode(fd)
             termios.tcflush(fd, termios.TCIFLUSH)
         except (OSError, termios.error) as e:

@@ -13,10 +13,19 @@ link into the next scrape.
 
 The link to a BMC is opened for a fetch and closed as soon as its answer is in,
 so `bmcctl` in another process can use the port between scrapes (a port another
-program holds is retried every few milliseconds until just before the deadline,
-then reported as `port_busy`); within the bridge a per-BMC lock (`LinkManager`)
-lets one scrape at a time use a link, and a scrape that finds it taken reports
-that BMC as busy at once rather than queueing behind it.
+program holds is waited for, retried every few milliseconds until just before the
+deadline, then reported as `port_busy`); within the bridge a per-BMC lock
+(`LinkManager`) lets one scrape at a time use a link, and a scrape that finds it
+taken reports that BMC as busy at once rather than queueing behind it.
+
+Opening a BMC's USB CDC port raises DTR, a control transfer to the device that the
+open waits for (a millisecond or more through the hub), and closing it lowers DTR
+again: 32 of those one after the other would hold the last BMC's request back, and
+the last answer's turn, by tens of milliseconds. Those opens and closes run on
+worker threads, all at once (`Link.waits_on_device`), as does an open that has to
+wait for a port another program holds; a PTY's (a simulated BMC: a few system
+calls) stay in the loop's thread, where handing them over would cost more than
+they do.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ import os
 import selectors
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Deque, Dict, List, Optional, Tuple, Type
 
 from bmc import codec
 
@@ -37,15 +48,20 @@ from . import expo
 
 DEFAULT_TIMEOUT = 3.0
 _BUSY_MARGIN = 0.1  # seconds before the deadline a wait for a held port gives up
-_BUSY_POLL = 0.002  # retry interval for a port another program holds
+WORKERS = 32  # threads for opens and closes that wait on the device (a rack's, at once)
 _REQUEST = codec.dumps({"cmd": "metrics", "args": {}})
 
 
 class LinkManager:
-    """One command at a time per BMC link, shared by everything in the bridge."""
+    """One command at a time per BMC link, shared by everything in the bridge.
+
+    A link whose close runs on a worker thread is handed on at once: the next user
+    of the name waits for that close (`closing`) before it opens the port.
+    """
 
     def __init__(self) -> None:
         self._locks: Dict[str, threading.Lock] = {}
+        self._closes: Dict[str, Future[None]] = {}
         self._guard = threading.Lock()
 
     def _lock(self, name: str) -> threading.Lock:
@@ -62,8 +78,23 @@ class LinkManager:
         """The link for this caller (True), or False at once if someone in the bridge has it."""
         return self._lock(name).acquire(blocking=False)
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, closing: Optional[Future[None]] = None) -> None:
+        """Let the next user have the link; `closing`: its close, still running."""
+        with self._guard:
+            if closing is None:
+                self._closes.pop(name, None)
+            else:
+                self._closes[name] = closing
         self._lock(name).release()
+
+    def closing(self, name: str) -> Optional[Future[None]]:
+        """The close of the link's last use, while it runs."""
+        with self._guard:
+            fut = self._closes.get(name)
+            if fut is not None and fut.done():
+                del self._closes[name]
+                return None
+            return fut
 
 
 class Result:
@@ -98,11 +129,15 @@ class Scraper:
         timeout: float = DEFAULT_TIMEOUT,
         lister: Optional[Callable[[], List[discovery.BmcPort]]] = None,
         links: Optional[LinkManager] = None,
+        link_class: Type[Link] = Link,
     ) -> None:
         self.rack = rack
         self.timeout = timeout
         self._lister = lister
         self.links = links or LinkManager()
+        self.link_class = link_class
+        self.slow: Dict[str, bool] = {}  # port path -> its open and close wait on the device
+        self.workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="bmc-link")
         self.serials: Dict[str, str] = {}  # slot -> last serial seen
         self.errors: Dict[str, Dict[str, int]] = {}  # slot -> reason -> count
         self.discovery_errors = 0
@@ -155,7 +190,7 @@ class Scraper:
             ports = self.ports()
         wait = self.timeout if timeout is None else min(timeout, self.timeout)
         t0 = time.monotonic()
-        loop = _Loop(self.links, t0 + wait)
+        loop = _Loop(self, t0 + wait)
         results: List[Result] = []
         for port in ports:
             res = Result(port.name)
@@ -227,7 +262,7 @@ class Scraper:
 class _Fetch:
     """One BMC's scrape in flight."""
 
-    __slots__ = ("port", "res", "t0", "link", "fd", "rid", "reader", "retry_at", "done")
+    __slots__ = ("port", "res", "t0", "link", "fd", "rid", "reader", "in_worker", "done")
 
     def __init__(self, port: discovery.BmcPort, res: Result, rid: int) -> None:
         self.port = port
@@ -237,7 +272,7 @@ class _Fetch:
         self.fd = -1
         self.rid = rid
         self.reader = expo.Reader(port.name)
-        self.retry_at = 0.0
+        self.in_worker = False  # a worker thread is opening its link
         self.done = False
 
 
@@ -247,14 +282,22 @@ class _Loop:
     _rid = int.from_bytes(os.urandom(2), "little")
     _rid_lock = threading.Lock()
 
-    def __init__(self, links: LinkManager, deadline: float) -> None:
-        self.links = links
+    def __init__(self, scraper: Scraper, deadline: float) -> None:
+        self.links = scraper.links
+        self.slow = scraper.slow
+        self.workers = scraper.workers
+        self.link_class = scraper.link_class
         self.deadline = deadline
         self.fetches: List[_Fetch] = []
-        self.waiting: List[_Fetch] = []  # for a port another program holds
-        self.unsent: List[_Fetch] = []  # opened by `start`, request not sent yet
-        self.active = 0
+        self.unsent: List[_Fetch] = []  # opened in this thread, request not sent yet
+        self.active = 0  # links in the selector
+        self.in_worker = 0  # links a worker is opening
         self.sel = selectors.DefaultSelector()
+        # ports a worker opened (their descriptors, or the error), handed to this thread
+        self._opened: Deque[Tuple[_Fetch, int, Optional[BaseException]]] = deque()
+        self._handoff = threading.Lock()
+        self._ended = False
+        self._wake_r = self._wake_w = -1  # the pipe, made when a worker is first used
 
     @classmethod
     def _next_rid(cls) -> int:
@@ -263,48 +306,52 @@ class _Loop:
             return cls._rid
 
     def start(self, port: discovery.BmcPort, res: Result) -> None:
-        if not self.links.take(port.name):
+        name = port.name
+        if not self.links.take(name):
             res.error = "busy"
             res.message = "the previous scrape of this BMC has not finished"
             return
         f = _Fetch(port, res, self._next_rid())
         self.fetches.append(f)
-        self._open(f, later=True)
-
-    def _open(self, f: _Fetch, later: bool = False) -> None:
         try:
             try:
-                link = Link(f.port.resolve())
+                path = port.resolve()
             except NoBmcFound as e:
                 raise LinkGone(e.message) from None
-            except PortBusy:
-                now = time.monotonic()
-                if now + _BUSY_POLL < self.deadline - _BUSY_MARGIN:
-                    f.retry_at = now + _BUSY_POLL
-                    self.waiting.append(f)
-                    return
-                held = now - f.t0
-                raise PortBusy(
-                    f"port {f.port.name} is busy: another program has held it for {held:.1f} s"
-                ) from None
+            if self._waits(f) or self.links.closing(name) is not None:
+                self._to_worker(f, path)
+                return
             try:
-                fd = link.fileno()
-                self.sel.register(fd, selectors.EVENT_READ, f)
-            except BaseException:
-                link.close()
-                raise
-            f.link = link
-            f.fd = fd
-            self.active += 1
-            if later:
-                self.unsent.append(f)
-            else:
-                link.send_frame(codec.KIND_REQUEST, f.rid, _REQUEST)
+                link = self.link_class(path)
+            except PortBusy:
+                self._to_worker(f, path)  # waits there for its turn
+                return
+            self._add(f, link)
+            self.unsent.append(f)
         except Exception as e:
             self._fail(f, e)
 
+    def _waits(self, f: _Fetch) -> bool:
+        """Whether the port's open and close wait on the device (known by its path)."""
+        path = f.port.path
+        slow = self.slow.get(path)
+        if slow is None:
+            slow = self.slow[path] = self.link_class.waits_on_device(path)
+        return slow
+
+    def _add(self, f: _Fetch, link: Link) -> None:
+        try:
+            fd = link.fileno()
+            self.sel.register(fd, selectors.EVENT_READ, f)
+        except BaseException:
+            link.close()
+            raise
+        f.link = link
+        f.fd = fd
+        self.active += 1
+
     def send(self) -> None:
-        """The request to every BMC whose link `start` opened.
+        """The request to every BMC whose link `start` opened in this thread.
 
         Links are opened first and the requests sent after, back to back: a request
         wakes its BMC (here a process that may take the CPU from the bridge), and the
@@ -318,16 +365,93 @@ class _Loop:
                 except Exception as e:
                     self._fail(f, e)
 
+    # -- on worker threads ----------------------------------------------------
+    def _to_worker(self, f: _Fetch, path: str) -> None:
+        if self._wake_r < 0:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        f.in_worker = True
+        self.in_worker += 1
+        self.workers.submit(self._open_in_worker, f, path)
+
+    def _open_in_worker(self, f: _Fetch, path: str) -> None:
+        """Open and lock the port (after the last use's close, and after a program
+        holding it), then hand it to the loop, which sets it up and sends the request.
+        Only what may wait runs here: a thread holding the interpreter lock between
+        system calls would queue the others behind it. The loop's lock on the name is
+        this thread's meanwhile: a scrape that ended first leaves it to release."""
+        name = f.port.name
+        fd = -1
+        err: Optional[BaseException] = None
+        try:
+            closing = self.links.closing(name)
+            if closing is not None:
+                try:
+                    closing.result(max(self.deadline - _BUSY_MARGIN - time.monotonic(), 0.0))
+                except Exception:
+                    raise PortBusy(f"port {name}: its last close has not finished") from None
+            wait = max(self.deadline - _BUSY_MARGIN - time.monotonic(), 0.0)
+            try:
+                fd = self.link_class.open_port(path, wait)
+            except PortBusy:
+                held = time.monotonic() - f.t0
+                raise PortBusy(
+                    f"port {name} is busy: another program has held it for {held:.1f} s"
+                ) from None
+        except BaseException as e:
+            err = e
+        with self._handoff:
+            if not self._ended:
+                wake = not self._opened
+                self._opened.append((f, fd, err))
+                if wake:  # the loop takes every port handed over by then
+                    os.write(self._wake_w, b"\0")
+                return
+        # the scrape is over (reported as a timeout): nobody reads this port
+        if fd >= 0:
+            os.close(fd)
+        self.links.release(name)
+
+    # -- in the loop's thread -------------------------------------------------
+    def _take_opened(self) -> None:
+        if self._wake_r < 0:
+            return
+        with self._handoff:
+            if not self._opened:
+                return
+            os.read(self._wake_r, 1)
+            opened, self._opened = self._opened, deque()
+        for f, fd, err in opened:
+            f.in_worker = False
+            self.in_worker -= 1
+            if err is not None:
+                self._fail(f, err)
+                continue
+            try:
+                self._add(f, self.link_class(f.port.path, fd=fd))
+                self.unsent.append(f)
+            except Exception as e:
+                self._fail(f, e)
+        self.send()
+
     def _end(self, f: _Fetch) -> None:
         """Close the link and let the next command have it."""
         f.done = True
         f.res.duration = time.monotonic() - f.t0
+        name = f.port.name
         link, f.link = f.link, None
-        if link is not None:
-            self.sel.unregister(f.fd)  # also when an error closed the link already
-            self.active -= 1
+        if link is None:
+            self.links.release(name)
+            return
+        self.sel.unregister(f.fd)  # also when an error closed the link already
+        self.active -= 1
+        if self._waits(f):
+            self.links.release(name, self.workers.submit(link.close))
+        else:
             link.close()
-        self.links.release(f.port.name)
+            self.links.release(name)
 
     def _fail(self, f: _Fetch, e: BaseException) -> None:
         f.res.error = error_reason(e)
@@ -365,36 +489,44 @@ class _Loop:
 
     def run(self) -> None:
         """Until every fetch is done or the deadline passed."""
-        while self.active or self.waiting:
-            now = time.monotonic()
-            left = self.deadline - now
+        while self.active or self.in_worker:
+            left = self.deadline - time.monotonic()
             if left <= 0:
                 return
-            if self.waiting:
-                left = min(left, max(min(f.retry_at for f in self.waiting) - now, 0.0))
-            for key, _ in self.sel.select(left) if self.active else _sleep(left):
+            for key, _ in self.sel.select(left):
                 f = key.data
-                if not f.done:
+                if f is None:
+                    self._take_opened()
+                elif not f.done:
                     self._readable(f)
-            if self.waiting:
-                now = time.monotonic()
-                due = [f for f in self.waiting if f.retry_at <= now]
-                self.waiting = [f for f in self.waiting if f.retry_at > now]
-                for f in due:
-                    self._open(f)
 
     def close(self) -> List[Result]:
-        """End the fetches cut off by the deadline (links closed); their Results."""
-        late = []
+        """End the fetches cut off by the deadline (links closed); their Results.
+
+        A port a worker is still opening is that worker's to close and release."""
+        with self._handoff:
+            self._ended = True
+            opened, self._opened = self._opened, deque()
+        for f, fd, _ in opened:  # handed over too late: closed unused
+            f.in_worker = False
+            self.in_worker -= 1
+            f.done = True
+            f.res.duration = time.monotonic() - f.t0
+            if fd >= 0:
+                self.links.release(f.port.name, self.workers.submit(os.close, fd))
+            else:
+                self.links.release(f.port.name)
+        late = [f.res for f, _, _ in opened]
         for f in self.fetches:
             if not f.done:
-                self._end(f)
+                if f.in_worker:
+                    f.done = True
+                    f.res.duration = time.monotonic() - f.t0
+                else:
+                    self._end(f)
                 late.append(f.res)
-        self.waiting = []
         self.sel.close()
+        if self._wake_r >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         return late
-
-
-def _sleep(seconds: float) -> List[Tuple[selectors.SelectorKey, int]]:
-    time.sleep(seconds)
-    return []
