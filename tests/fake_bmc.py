@@ -7,8 +7,10 @@ Links RACK_DIR/slotSLOT to its PTY like `bmc-sim` does, and renders its metrics
 with the firmware's own `bmc.metrics.Out` (a counter of scrapes it answered, its
 serial in `bmc_info`); `--garbage` sends an exposition with a malformed line
 instead, `--replay FILE` sends FILE's text (a recorded firmware render, with
-`@SERIAL@` replaced by SERIAL). It answers at once: no MicroPython, no render
-cost. Stopping it (SIGSTOP) is a hung BMC, killing it an unplugged one.
+`@SERIAL@` replaced by SERIAL and every `@SCRAPE@` by a number that grows with
+every scrape and differs from BMC to BMC: the values a real BMC's render changes
+from one scrape to the next, such as its uptime and its command counters). It answers at once: no
+MicroPython, no render cost. Stopping it (SIGSTOP) is a hung BMC, killing it an unplugged one.
 
 `--paced` runs one stand-in per SLOT (serial SERIALnn) in a single process, each
 replaying FILE as a BMC that renders on a CPU of its own: PACE (JSON: `{"sizes":
@@ -41,6 +43,38 @@ from bmc import codec
 from bmc.metrics import Out
 
 SERIAL_TOKEN = "@SERIAL@"
+SCRAPE_TOKEN = "@SCRAPE@"
+
+
+def changing(first: str, second: str) -> str:
+    """`first` (a render) with the value of every counter and gauge sample that reads
+    differently in `second` (the same BMC's next render) replaced by SCRAPE_TOKEN."""
+    a = first.split("\n")
+    b = second.split("\n")
+    if len(a) != len(b):
+        return first
+    types: Dict[str, str] = {}
+    kind = ""
+    out = []
+    for x, y in zip(a, b):
+        if x.startswith("# TYPE "):
+            _, _, name, kind = x.split(" ", 3)
+            types[name] = kind
+        elif x != y and not x.startswith("#") and kind in ("counter", "gauge"):
+            x = x.rpartition(" ")[0] + " " + SCRAPE_TOKEN
+        out.append(x)
+    return "\n".join(out)
+
+
+def _count(scrapes: int, slot: str) -> str:
+    """What replaces SCRAPE_TOKEN: grows with the scrapes, differs per slot."""
+    return str(scrapes * 100 + int(slot))
+
+
+def _cut(text: bytes) -> List[bytes]:
+    """Cut as the firmware's Out cuts: full payloads, then the rest."""
+    size = codec.MAX_PAYLOAD
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 class Fakes:
@@ -115,18 +149,14 @@ def render_garbage(serial: str, send: Out) -> None:
 def main() -> None:
     rack, slot, serial = sys.argv[1], sys.argv[2], sys.argv[3]
     mode = sys.argv[4] if len(sys.argv) > 4 else ""
-    replay: Optional[bytes] = None
+    replay: Optional[List[str]] = None  # the text around each SCRAPE_TOKEN
     if mode == "--replay":
         with open(sys.argv[5], encoding="utf-8") as f:
-            replay = f.read().replace(SERIAL_TOKEN, serial).encode()
+            replay = f.read().replace(SERIAL_TOKEN, serial).split(SCRAPE_TOKEN)
     master = _pty(rack, slot)
     reader = codec.FrameReader()
     writer = codec.FrameWriter(_Master(master))
-    replay_chunks: Optional[List[bytes]] = None
     replay_reply = codec.dumps({"ok": True, "data": {}})
-    if replay is not None:  # cut as the firmware's Out cuts: full payloads, then the rest
-        size = codec.MAX_PAYLOAD
-        replay_chunks = [replay[i : i + size] for i in range(0, len(replay), size)]
     scrapes = 0
     print("ready", flush=True)
     while True:
@@ -139,11 +169,12 @@ def main() -> None:
             time.sleep(0.01)
             continue
         for rid, msg in _requests(reader, data):
-            if msg.get("cmd") == "metrics" and replay_chunks is not None:
+            if msg.get("cmd") == "metrics" and replay is not None:
                 # the whole answer (chunks and response) in one write: a stand-in
                 # should cost the CPU it shares with the bridge as little as it can
                 scrapes += 1
-                frames = [codec.encode_frame(codec.KIND_CHUNK, rid, c) for c in replay_chunks]
+                chunks = _cut(_count(scrapes, slot).join(replay).encode())
+                frames = [codec.encode_frame(codec.KIND_CHUNK, rid, c) for c in chunks]
                 frames.append(codec.encode_frame(codec.KIND_RESPONSE, rid, replay_reply))
                 _write_all(master, b"".join(frames))
                 continue
@@ -213,11 +244,12 @@ def paced_main(rack: str, template: str, pace_file: str, slots: List[str]) -> No
     with open(pace_file, encoding="utf-8") as f:
         pace = json.load(f)
     reply = codec.dumps({"ok": True, "data": {}})
-    masters: Dict[int, Tuple[str, codec.FrameReader, List[bytes], List[float]]] = {}
+    # per port: serial, reader, the text around each SCRAPE_TOKEN, scrapes answered
+    masters: Dict[int, Tuple[str, codec.FrameReader, List[str], List[int]]] = {}
     for slot in slots:
         serial = f"SERIAL{int(slot):02d}"
-        chunks, offsets = _paced_chunks(text.replace(SERIAL_TOKEN, serial).encode(), pace)
-        masters[_pty(rack, slot)] = (serial, codec.FrameReader(), chunks, offsets)
+        parts = text.replace(SERIAL_TOKEN, serial).split(SCRAPE_TOKEN)
+        masters[_pty(rack, slot)] = (serial, codec.FrameReader(), parts, [0])
     due: List[Tuple[float, int, int, bytes]] = []  # (when, seq, master, frame): a heap
     seq = 0
     print("ready", flush=True)
@@ -233,9 +265,12 @@ def paced_main(rack: str, template: str, pace_file: str, slots: List[str]) -> No
                 data = os.read(fd, 4096)
             except OSError:
                 continue
-            serial, reader, chunks, offsets = masters[fd]
+            serial, reader, parts, scrapes = masters[fd]
             for rid, msg in _requests(reader, data):
                 if msg.get("cmd") == "metrics":
+                    scrapes[0] += 1
+                    text = _count(scrapes[0], serial[6:]).join(parts)
+                    chunks, offsets = _paced_chunks(text.encode(), pace)
                     frames = [codec.encode_frame(codec.KIND_CHUNK, rid, c) for c in chunks]
                     frames.append(codec.encode_frame(codec.KIND_RESPONSE, rid, reply))
                     for frame, at in zip(frames, offsets):

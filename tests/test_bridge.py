@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -363,6 +363,33 @@ def test_bad_expositions_are_refused(bad: str, why: str) -> None:
         expo.parse(bad)
     with pytest.raises(expo.ExpositionError, match=why):
         expo.parse(bad)  # nor is a refused one remembered as good
+
+
+def test_families_that_stay_the_same_stay_checked_while_changing_ones_come_and_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Changing values fill the cache of checked families; the ones that read the same
+    at every scrape are not checked again when it fills (the scrape after would check
+    every family of every BMC)."""
+    from racklet_host.bridge import expo
+
+    monkeypatch.setattr(expo, "_GENERATION", 8)
+    checked: List[str] = []
+    check = expo._check_block
+
+    def counting(block: str) -> Optional[expo.Family]:
+        checked.append(block.partition(" ")[0])
+        return check(block)
+
+    monkeypatch.setattr(expo, "_check_block", counting)
+    expo.forget_checked()
+    for scrape in range(40):  # uptime changes at every scrape, the rest stays
+        expo.parse(GOOD.replace("up_seconds 12.5", f"up_seconds {scrape}"))
+    assert checked.count("up_seconds") == 40
+    assert checked.count("cmds") == 1
+    assert checked.count("state") == 1
+    assert checked.count("bmc") == 1
+    expo.forget_checked()
 
 
 def test_expositions_cut_anywhere_into_chunks_read_as_whole() -> None:

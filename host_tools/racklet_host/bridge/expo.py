@@ -245,8 +245,13 @@ def number(value: float) -> str:
 # and on every BMC (metadata, states, counters still at 0): those are checked once.
 # The Family objects are shared, so nothing may change them after the check (their
 # lazily made template and metadata are the same for every user).
+# Values that change make new blocks at every scrape (a rack of 32 BMCs: ~200), so
+# the cache is kept in two generations: when the young one is full it becomes the
+# old one, and a block found there moves back. Emptied at once instead, the scrape
+# after would check every block of every BMC again.
 _BLOCKS: Dict[str, Family] = {}
-_BLOCKS_MAX = 8192  # about 2 MB; emptied when full (values that change make new blocks)
+_OLD_BLOCKS: Dict[str, Family] = {}
+_GENERATION = 4096  # blocks per generation: both together about 2 MB
 
 # The block check: one regular expression over a whole family block (C speed) for
 # the common shape, then a few whole-block string operations. Whatever it is not
@@ -308,22 +313,32 @@ _get_parts = attrgetter("_parts")
 
 
 def _checked(block: str) -> Optional[Family]:
-    """A block not in the cache, checked (None if invalid) and cached with its template."""
-    fam = _check_block(block)
+    """A block not in the young cache: from the old one, or checked (None if invalid)
+    and cached with its template."""
+    global _BLOCKS, _OLD_BLOCKS
+    fam = _OLD_BLOCKS.get(block)
     if fam is None:
-        try:
-            found = _families("# HELP " + block + "\n")
-        except ExpositionError:
-            return None
-        if len(found) != 1:
-            return None
-        fam = found[0]
-    fam.reserved()
-    fam._parts = fam._template()
-    if len(_BLOCKS) >= _BLOCKS_MAX:
-        _BLOCKS.clear()
+        fam = _check_block(block)
+        if fam is None:
+            try:
+                found = _families("# HELP " + block + "\n")
+            except ExpositionError:
+                return None
+            if len(found) != 1:
+                return None
+            fam = found[0]
+        fam.reserved()
+        fam._parts = fam._template()
+    if len(_BLOCKS) >= _GENERATION:
+        _OLD_BLOCKS, _BLOCKS = _BLOCKS, {}
     _BLOCKS[block] = fam
     return fam
+
+
+def forget_checked() -> None:
+    """Empty the cache of checked blocks (the next texts are checked anew)."""
+    _BLOCKS.clear()
+    _OLD_BLOCKS.clear()
 
 
 class Reader:
