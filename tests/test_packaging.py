@@ -120,3 +120,5 @@ def test_udev_rule_syntax_and_matches() -> None:
     assert 'GROUP="racklet", MODE="0660"' in text
     assert 'ATTRS{idVendor}!="2e8a"' in text and 'ATTRS{idProduct}!="0005"' in text
     assert "by-serial" in text and "by-port" in text
+    # every port with the MicroPython ids (a BMC in maintenance mode too) is no modem
+    assert text.index('ENV{ID_MM_DEVICE_IGNORE}="1"') < text.index('ENV{RACKLET_BMC}!="1"')
