@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import pathlib
+import time
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -104,6 +105,41 @@ def test_boots_byte_for_byte(rig: Any) -> None:
     assert summary["refused"] == ["../../etc/shadow"] and summary["missing"] == ["bootcfg.txt"]
     assert ("refused", "../../etc/shadow", "name with ..") in bmc.reports
     assert ("serve", "kernel8.img", "") in bmc.reports and bmc.reports[-1][0] == "done"
+
+
+def test_absent_files_are_answered_before_the_bmc_is_told(rig: Any) -> None:
+    """The SBC's answer for a file it may not have does not wait on the BMC's log."""
+    bmc, rom = rig(files(), ASKS + ["../../etc/shadow", "bootcfg.txt"])
+    answered_first: Dict[str, bool] = {}
+    report = bmc.report
+
+    def told(event: str, name: str = "", detail: str = "") -> Optional[str]:
+        if event in ("missing", "refused"):
+            deadline = time.monotonic() + 2  # the ROM thread records what it was told
+            while name not in rom.sizes and time.monotonic() < deadline:
+                time.sleep(0.01)
+            answered_first[name] = name in rom.sizes
+        return report(event, name, detail)
+
+    bmc.report = told
+    Relay(bmc, SimBus(rom.path), wait_timeout=5).run()
+    assert rom.wait(5) and not rom.failures, rom.log
+    assert answered_first == {"../../etc/shadow": True, "bootcfg.txt": True}
+
+
+def test_a_bmc_that_stops_answering_reports_costs_one_try_each() -> None:
+    calls: List[str] = []
+
+    class Gone:
+        def call(self, cmd: str, args: Dict[str, Any], key: Any, timeout: float) -> None:
+            calls.append(args["event"])
+            raise LinkGone("slot1 went away")
+
+    src = BmcSource(Gone(), None, None)  # type: ignore[arg-type]
+    assert src.report("missing", "a.bin") == "slot1 went away"
+    assert calls == ["missing"] * 3  # three tries, with pauses, while it may come back
+    assert src.report("missing", "b.bin") == "slot1 went away"
+    assert calls == ["missing"] * 4  # then one: the boot does not wait on it
 
 
 def test_tampered_cache_file_is_refused(rig: Any) -> None:

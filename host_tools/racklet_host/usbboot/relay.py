@@ -142,6 +142,7 @@ class BmcSource:
         self.cache = cache
         self.gen = -1
         self.entries: Dict[str, Entry] = {}
+        self.unreachable = False  # a report failed: later ones get one try, not three
 
     def load_manifest(self) -> None:
         d = self.client.call("boot-manifest-get", auth=False)
@@ -199,15 +200,19 @@ class BmcSource:
         args: Dict[str, Any] = {"event": event, "detail": detail[:80]}
         if name:
             args["name"] = name[:72]
-        for attempt in range(3):
+        for attempt in range(1 if self.unreachable else 3):
             try:
                 self.client.call("boot-report", args, self.key, timeout=3.0)
+                self.unreachable = False
                 return None
             except (LinkGone, Timeout) as e:
                 why = e.message
-                time.sleep(0.5 * (attempt + 1))
+                if not self.unreachable:
+                    time.sleep(0.5 * (attempt + 1))
             except BmcError as e:
                 return e.message
+        # the boot goes on without the log: the SBC must not wait on a BMC that is gone
+        self.unreachable = True
         return why
 
 
@@ -375,20 +380,22 @@ class Relay:
                 self.metadata.append(name[1:])
                 ep_write(dev, b"")
                 continue
+            # an absent file is answered first and logged on the BMC after: the SBC's
+            # firmware asks for many optional files and usbboot answers them at once
             if ".." in name:
-                self.refused.append(name)
-                self.source.report("refused", name, "name with ..")
-                self.log(f"refused {name!r}: '..' in the name")
                 self._absent(dev, cmd)
+                self.refused.append(name)
+                self.log(f"refused {name!r}: '..' in the name")
+                self.source.report("refused", name, "name with ..")
                 continue
             if held[0] != name:
                 held = (name, self._prepare(name))
             data = held[1]
             if data is None:
+                self._absent(dev, cmd)
                 if name not in self.missing:
                     self.missing.append(name)
                     self.source.report("missing", name, "not in the manifest")
-                self._absent(dev, cmd)
                 continue
             if cmd == GET_FILE_SIZE:
                 n = len(data)
