@@ -507,16 +507,17 @@ class _Loop:
         with self._handoff:
             self._ended = True
             opened, self._opened = self._opened, deque()
-        for f, fd, _ in opened:  # handed over too late: closed unused
+        late = []
+        for f, fd, err in opened:  # handed over too late
             f.in_worker = False
             self.in_worker -= 1
-            f.done = True
+            if err is not None:
+                self._fail(f, err)
+                continue
+            f.done = True  # its port closed unused
             f.res.duration = time.monotonic() - f.t0
-            if fd >= 0:
-                self.links.release(f.port.name, self.workers.submit(os.close, fd))
-            else:
-                self.links.release(f.port.name)
-        late = [f.res for f, _, _ in opened]
+            self.links.release(f.port.name, self.workers.submit(os.close, fd))
+            late.append(f.res)
         for f in self.fetches:
             if not f.done:
                 if f.in_worker:
