@@ -385,10 +385,47 @@ def test_families_that_stay_the_same_stay_checked_while_changing_ones_come_and_g
     expo.forget_checked()
     for scrape in range(40):  # uptime changes at every scrape, the rest stays
         expo.parse(GOOD.replace("up_seconds 12.5", f"up_seconds {scrape}"))
-    assert checked.count("up_seconds") == 40
+    assert checked.count("up_seconds") == 1  # then only its new value (see below)
     assert checked.count("cmds") == 1
     assert checked.count("state") == 1
     assert checked.count("bmc") == 1
+    expo.forget_checked()
+
+
+def test_a_family_with_only_a_new_last_value_has_that_value_checked() -> None:
+    """A family that differs from a checked one only in its last sample's value is
+    taken with that value checked; a value its type does not allow is still refused."""
+    from racklet_host.bridge import expo
+
+    def labelled(text: str) -> str:
+        merger = expo.Merger()
+        merger.add(expo.parse(text), "S1", "slot1")
+        out = expo.render(merger, True).decode()
+        assert omcheck.openmetrics(out) == []
+        return out
+
+    expo.forget_checked()
+    labelled(GOOD)
+    last = 'cmds_total{result="bad \\"x\\"\\\\\\n"} 1'
+    assert last in GOOD
+    moved = labelled(
+        GOOD.replace(last, last[:-1] + "7").replace("up_seconds 12.5", "up_seconds 99")
+    )
+    assert 'cmds_total{serial="S1",slot="slot1",result="bad \\"x\\"\\\\\\n"} 7\n' in moved
+    assert 'cmds_total{serial="S1",slot="slot1",result="ok"} 3\n' in moved
+    assert 'up_seconds{serial="S1",slot="slot1"} 99\n' in moved
+    assert 'state{serial="S1",slot="slot1",state="Off"} 1\n' in labelled(
+        GOOD.replace('state{state="Off"} 0', 'state{state="Off"} 1')
+    )
+    for bad, why in (
+        (GOOD.replace(last, last[:-1] + "-7"), "value -7 not allowed in a counter"),
+        (GOOD.replace(last, last[:-1] + "NaN"), "value NaN not allowed in a counter"),
+        (GOOD.replace("up_seconds 12.5", "up_seconds 1x"), "malformed line"),
+        (GOOD.replace('state{state="Off"} 0', 'state{state="Off"} 2'), "in a stateset"),
+        (GOOD.replace('serial="S1"} 1', 'serial="S1"} 2'), "in a info"),
+    ):
+        with pytest.raises(expo.ExpositionError, match=why):
+            expo.parse(bad)
     expo.forget_checked()
 
 

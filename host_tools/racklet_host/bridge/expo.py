@@ -312,11 +312,56 @@ _get_reserved = attrgetter("_reserved")
 _get_parts = attrgetter("_parts")
 
 
+# A block that differs from a checked one only in its last sample's value (an uptime,
+# a counter that moved: most of what changes between scrapes) needs only that value
+# checked. Everything before the value -> (the checked Family, the value's length).
+_HEADS: Dict[str, Tuple[Family, int]] = {}
+_HEADS_MAX = 4096  # distinct heads stay few (one per family and label set): a bound
+_VALUE_RE = re.compile(rf"(?:{_NUMBER})\Z", re.ASCII)
+
+
+def _revalued(block: str) -> Optional[Family]:
+    """The Family of `block` if a checked block differs from it only in the last value
+    and that value is valid for the family's type; else None (check it in full)."""
+    head, _, value = block.rpartition(" ")
+    hit = _HEADS.get(head)
+    if hit is None or _VALUE_RE.match(value) is None:
+        return None
+    proto, old = hit
+    typ = proto.type
+    if typ == "counter" and (value[0] == "-" or value[:3] == "NaN"):
+        return None  # as _BAD_VALUE: a counter is never negative or NaN
+    if (typ == "info" and value != "1") or (typ == "stateset" and value not in ("0", "1")):
+        return None
+    cut = -old - 1  # the old value and the line's newline
+    fam = Family(proto.name, typ, proto.help, proto.unit, proto.text[:cut] + value + "\n")
+    fam._reserved = proto._reserved
+    fam._meta = proto._meta
+    parts = cast(List[str], proto._parts)
+    fam._parts = parts[:-1] + [parts[-1][:cut] + value + "\n"]
+    return fam
+
+
+def _remember_head(block: str, fam: Family) -> None:
+    """Let blocks that differ from `block` only in the last value take `_revalued`."""
+    parts = fam._parts
+    if not parts or not fam.text:
+        return  # no samples, or samples relabelled one by one
+    head, _, value = block.rpartition(" ")
+    end = " " + value + "\n"
+    if fam.text.endswith(end) and parts[-1].endswith(end):
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[head] = (fam, len(value))
+
+
 def _checked(block: str) -> Optional[Family]:
-    """A block not in the young cache: from the old one, or checked (None if invalid)
-    and cached with its template."""
+    """A block not in the young cache: from the old one, as a known block with a new
+    last value, or checked (None if invalid); cached with its template."""
     global _BLOCKS, _OLD_BLOCKS
     fam = _OLD_BLOCKS.get(block)
+    if fam is None:
+        fam = _revalued(block)
     if fam is None:
         fam = _check_block(block)
         if fam is None:
@@ -329,6 +374,7 @@ def _checked(block: str) -> Optional[Family]:
             fam = found[0]
         fam.reserved()
         fam._parts = fam._template()
+        _remember_head(block, fam)
     if len(_BLOCKS) >= _GENERATION:
         _OLD_BLOCKS, _BLOCKS = _BLOCKS, {}
     _BLOCKS[block] = fam
@@ -339,6 +385,7 @@ def forget_checked() -> None:
     """Empty the cache of checked blocks (the next texts are checked anew)."""
     _BLOCKS.clear()
     _OLD_BLOCKS.clear()
+    _HEADS.clear()
 
 
 class Reader:
