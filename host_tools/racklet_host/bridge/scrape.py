@@ -478,7 +478,9 @@ class _Loop:
                     )
                 parsed = f.reader.finish()
                 f.res.exposition = parsed
-                serial = parsed.label("bmc", "serial")
+                serial = f.reader.serial  # read from the `bmc` family as it came
+                if serial is None:  # the text was checked line by line
+                    serial = parsed.label("bmc", "serial")
                 if serial:
                     f.res.serial = serial
                 f.res.up = True
