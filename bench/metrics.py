@@ -17,8 +17,9 @@ same, with no chunk earlier than a USB full-speed link could carry it (every BMC
 also answers over its own link, at most ~1.2 MB/s); that ratio is the one the
 goal is about. Then the same with each port's open and close as slow as a USB CDC
 port's (`CdcLikeLink`: DTR up or down is a control transfer to the device; 1 ms
-assumed, as a PTY has none), which the bridge's worker threads are for. Also prints the bridge's host-side work (check and
-relabel, merge and write) and the bytes a render allocates on a BMC's heap.
+assumed, as a PTY has none), which the bridge's worker threads are for. Also
+prints the bridge's host-side work (check and relabel, merge and write) and the
+bytes a render allocates on a BMC's heap.
 Prints, never asserts.
 """
 
