@@ -9,8 +9,9 @@ serial in `bmc_info`); `--garbage` sends an exposition with a malformed line
 instead, `--replay FILE` sends FILE's text (a recorded firmware render, with
 `@SERIAL@` replaced by SERIAL and every `@SCRAPE@` by a number that grows with
 every scrape and differs from BMC to BMC: the values a real BMC's render changes
-from one scrape to the next, such as its uptime and its command counters). It answers at once: no
-MicroPython, no render cost. Stopping it (SIGSTOP) is a hung BMC, killing it an unplugged one.
+from one scrape to the next, such as its uptime and its command counters). It
+answers at once: no MicroPython, no render cost. Stopping it (SIGSTOP) is a hung
+BMC, killing it an unplugged one.
 
 `--paced` runs one stand-in per SLOT (serial SERIALnn) in a single process, each
 replaying FILE as a BMC that renders on a CPU of its own: PACE (JSON: `{"sizes":
@@ -53,13 +54,11 @@ def changing(first: str, second: str) -> str:
     b = second.split("\n")
     if len(a) != len(b):
         return first
-    types: Dict[str, str] = {}
-    kind = ""
+    kind = ""  # the type of the family the line belongs to
     out = []
     for x, y in zip(a, b):
         if x.startswith("# TYPE "):
-            _, _, name, kind = x.split(" ", 3)
-            types[name] = kind
+            kind = x.split(" ", 3)[3]
         elif x != y and not x.startswith("#") and kind in ("counter", "gauge"):
             x = x.rpartition(" ")[0] + " " + SCRAPE_TOKEN
         out.append(x)
@@ -244,12 +243,12 @@ def paced_main(rack: str, template: str, pace_file: str, slots: List[str]) -> No
     with open(pace_file, encoding="utf-8") as f:
         pace = json.load(f)
     reply = codec.dumps({"ok": True, "data": {}})
-    # per port: serial, reader, the text around each SCRAPE_TOKEN, scrapes answered
-    masters: Dict[int, Tuple[str, codec.FrameReader, List[str], List[int]]] = {}
+    # per port: slot, serial, reader, the text around each SCRAPE_TOKEN, scrapes answered
+    masters: Dict[int, Tuple[str, str, codec.FrameReader, List[str], List[int]]] = {}
     for slot in slots:
         serial = f"SERIAL{int(slot):02d}"
         parts = text.replace(SERIAL_TOKEN, serial).split(SCRAPE_TOKEN)
-        masters[_pty(rack, slot)] = (serial, codec.FrameReader(), parts, [0])
+        masters[_pty(rack, slot)] = (slot, serial, codec.FrameReader(), parts, [0])
     due: List[Tuple[float, int, int, bytes]] = []  # (when, seq, master, frame): a heap
     seq = 0
     print("ready", flush=True)
@@ -265,11 +264,11 @@ def paced_main(rack: str, template: str, pace_file: str, slots: List[str]) -> No
                 data = os.read(fd, 4096)
             except OSError:
                 continue
-            serial, reader, parts, scrapes = masters[fd]
+            slot, serial, reader, parts, scrapes = masters[fd]
             for rid, msg in _requests(reader, data):
                 if msg.get("cmd") == "metrics":
                     scrapes[0] += 1
-                    text = _count(scrapes[0], serial[6:]).join(parts)
+                    text = _count(scrapes[0], slot).join(parts)
                     chunks, offsets = _paced_chunks(text.encode(), pace)
                     frames = [codec.encode_frame(codec.KIND_CHUNK, rid, c) for c in chunks]
                     frames.append(codec.encode_frame(codec.KIND_RESPONSE, rid, reply))

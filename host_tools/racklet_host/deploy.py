@@ -190,7 +190,7 @@ def check_board(output: str) -> str:
         raise DeployError(
             f"the board ({board}) has a /bmc folder at the root of its filesystem, which "
             "MicroPython would import instead of the firmware in /lib/bmc: remove it "
-            '(mpremote connect PORT resume exec "import os; ..." or flash_nuke.uf2)'
+            "with mpremote, or erase the filesystem with flash_nuke.uf2"
         )
     return board
 

@@ -393,13 +393,7 @@ class _Loop:
                 except Exception:
                     raise PortBusy(f"port {name}: its last close has not finished") from None
             wait = max(self.deadline - _BUSY_MARGIN - time.monotonic(), 0.0)
-            try:
-                fd = self.link_class.open_port(path, wait)
-            except PortBusy:
-                held = time.monotonic() - f.t0
-                raise PortBusy(
-                    f"port {name} is busy: another program has held it for {held:.1f} s"
-                ) from None
+            fd = self.link_class.open_port(path, wait)  # PortBusy says how long it waited
         except BaseException as e:
             err = e
         with self._handoff:
