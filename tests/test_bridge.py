@@ -610,3 +610,82 @@ def test_a_pty_port_opens_in_the_loop_and_others_on_workers(fakes: Fakes) -> Non
     assert Link.waits_on_device(str(fakes.rack / "slot1")) is False  # a simulated BMC's PTY
     assert Link.waits_on_device("/dev/null") is True  # not a PTY: assumed to wait
     assert Link.waits_on_device(str(fakes.rack / "slot9")) is True  # not there (yet)
+
+
+def test_a_scrape_that_comes_during_another_shares_its_answers(bridge: str, fakes: Fakes) -> None:
+    # Two Prometheus servers (or Prometheus and a person with curl) scrape at once:
+    # the later one must not find the links taken and call the BMCs down.
+    get(bridge + "/metrics", OM_ACCEPT)
+    fakes.procs[2].send_signal(signal.SIGSTOP)  # holds the first scrape open
+    texts: Dict[str, str] = {}
+
+    def scrape(name: str) -> None:
+        texts[name] = get(bridge + "/metrics", OM_ACCEPT, timeout=TIMEOUT + 2)[1]
+
+    first = threading.Thread(target=scrape, args=("first",))
+    second = threading.Thread(target=scrape, args=("second",))
+    try:
+        first.start()
+        time.sleep(0.3)
+        second.start()
+        time.sleep(0.3)
+    finally:
+        fakes.procs[2].send_signal(signal.SIGCONT)
+    first.join()
+    second.join()
+    for name in ("first", "second"):
+        v = samples(texts[name])
+        assert by_slot(v, "bmc_up") == {"slot1": 1, "slot2": 1, "slot3": 1}, name
+        # one request reached each BMC for both answers
+        assert by_slot(v, "fake_scrapes_total") == {"slot1": 2, "slot2": 2, "slot3": 2}, name
+        assert v[("bmc_bridge_scrapes_total", ())] == 2, name
+    # a probe during a scrape of all takes that BMC's answer from it
+    fakes.procs[3].send_signal(signal.SIGSTOP)
+    try:
+        first = threading.Thread(target=scrape, args=("all",))
+        first.start()
+        time.sleep(0.3)
+        probe = threading.Thread(
+            target=lambda: texts.update(probe=get(bridge + "/probe?target=slot3", OM_ACCEPT)[1])
+        )
+        probe.start()
+        time.sleep(0.3)
+    finally:
+        fakes.procs[3].send_signal(signal.SIGCONT)
+    first.join()
+    probe.join()
+    assert by_slot(samples(texts["probe"]), "bmc_up") == {"slot3": 1}
+    assert by_slot(samples(texts["probe"]), "fake_scrapes_total") == {"slot3": 3}
+
+
+def test_silent_clients_are_closed_and_connections_are_bounded() -> None:
+    import socket
+
+    from racklet_host.bridge import server
+    from racklet_host.bridge.scrape import Scraper
+
+    httpd = server.serve("127.0.0.1", 0, Scraper(lister=list), idle_timeout=0.5, max_clients=2)
+    worker = threading.Thread(target=httpd.serve_forever, daemon=True)
+    worker.start()
+    host, port = httpd.server_address[0], int(httpd.server_address[1])
+    url = f"http://{host}:{port}"
+    try:
+        silent = [socket.create_connection((host, port)) for _ in range(2)]
+        time.sleep(0.1)
+        # both slots taken by clients that send nothing: a third is closed at once
+        extra = socket.create_connection((host, port))
+        extra.settimeout(2)
+        assert extra.recv(1) == b""
+        extra.close()
+        # the silent ones are closed at the idle timeout, giving their slots back
+        t0 = time.monotonic()
+        for s in silent:
+            s.settimeout(5)
+            assert s.recv(1) == b""
+            s.close()
+        assert time.monotonic() - t0 < 3
+        time.sleep(0.1)
+        assert "bmc_bridge_targets 0" in get(url + "/metrics")[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -15,8 +15,10 @@ The link to a BMC is opened for a fetch and closed as soon as its answer is in,
 so `bmcctl` in another process can use the port between scrapes (a port another
 program holds is waited for, retried every few milliseconds until just before the
 deadline, then reported as `port_busy`); within the bridge a per-BMC lock
-(`LinkManager`) lets one scrape at a time use a link, and a scrape that finds it
-taken reports that BMC as busy at once rather than queueing behind it.
+(`LinkManager`) lets one scrape at a time use a link. A request that comes while
+a scrape of every BMC runs shares that scrape's answers (`Scraper.scrape`);
+any other scrape that finds a link taken reports that BMC as busy at once rather
+than queueing behind it.
 
 Opening a BMC's USB CDC port raises DTR, a control transfer to the device that the
 open waits for (a millisecond or more through the hub), and closing it lowers DTR
@@ -120,6 +122,35 @@ def error_reason(e: BaseException) -> str:
     return "internal"
 
 
+class _Running:
+    """A scrape of every BMC in progress, which requests that come meanwhile share."""
+
+    def __init__(self, names: List[str]) -> None:
+        self.names = names
+        self.done = threading.Event()
+        self.results: Optional[List[Result]] = None
+
+    def share(self, names: Optional[List[str]], deadline: float) -> Optional[List[Result]]:
+        """Its results for `names` (None: all of them) once it ends, or None when it
+        does not cover them or failed. Past `deadline`, each BMC asked for is a timeout."""
+        if names is None:
+            names = self.names
+        elif not set(names) <= set(self.names):
+            return None
+        if not self.done.wait(max(0.0, deadline - time.monotonic())):
+            late = []
+            for name in names:
+                res = Result(name)
+                res.error = "timeout"
+                res.message = "the scrape running when this request came did not end in time"
+                late.append(res)
+            return late
+        if self.results is None:
+            return None
+        by_name = {r.slot: r for r in self.results}
+        return [by_name[n] for n in names]
+
+
 class Scraper:
     """Finds the BMCs and scrapes them; remembers serials and counts errors."""
 
@@ -143,6 +174,7 @@ class Scraper:
         self.discovery_errors = 0
         self.scrapes = 0
         self._lock = threading.Lock()
+        self._running: Optional[_Running] = None  # the scrape of every BMC under way
 
     # -- which BMCs -----------------------------------------------------------
     def ports(self) -> List[discovery.BmcPort]:
@@ -185,11 +217,42 @@ class Scraper:
     def scrape(
         self, ports: Optional[List[discovery.BmcPort]] = None, timeout: Optional[float] = None
     ) -> List[Result]:
-        """Scrape `ports` (default: all found now) in parallel; one Result each, in order."""
-        if ports is None:
-            ports = self.ports()
+        """Scrape `ports` (default: all found now) in parallel; one Result each, in order.
+
+        A request that comes while a scrape of all BMCs is running (two Prometheus
+        servers, a person with curl) shares its answers rather than finding every
+        link taken: it waits for that scrape when it covers every BMC asked for.
+        """
         wait = self.timeout if timeout is None else min(timeout, self.timeout)
         t0 = time.monotonic()
+        with self._lock:
+            running = self._running
+        if running is not None:
+            names = None if ports is None else [p.name for p in ports]
+            shared = running.share(names, t0 + wait)
+            if shared is not None:
+                return shared
+        mine: Optional[_Running] = None
+        if ports is None:
+            ports = self.ports()
+            mine = _Running([p.name for p in ports])
+            with self._lock:
+                if self._running is None:
+                    self._running = mine
+                else:
+                    mine = None  # another began meanwhile; this one runs on its own
+        try:
+            results = self._scrape(ports, wait, t0)
+            if mine is not None:
+                mine.results = results
+        finally:
+            if mine is not None:
+                with self._lock:
+                    self._running = None
+                mine.done.set()
+        return results
+
+    def _scrape(self, ports: List[discovery.BmcPort], wait: float, t0: float) -> List[Result]:
         loop = _Loop(self, t0 + wait)
         results: List[Result] = []
         for port in ports:

@@ -27,7 +27,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
-from typing import Dict, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
 from urllib.parse import parse_qs, urlsplit
 
 from . import expo
@@ -37,6 +37,10 @@ DEFAULT_LISTEN = "127.0.0.1:9580"
 # Prometheus tells how long it waits for a scrape; answer a little before that.
 _SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 _HEADROOM = 0.5
+# A connection that sends nothing for this long is closed: longer than Prometheus's
+# longest usual scrape interval (1 min), so its kept-alive connection stays.
+IDLE_TIMEOUT_S = 120.0
+MAX_CLIENTS = 64  # connections served at once; more are closed as they come
 
 
 class ConfigError(ValueError):
@@ -103,10 +107,11 @@ class Bridge:
         return expo.render(self.scraper.merge(results), openmetrics)
 
 
-def make_handler(bridge: Bridge) -> Type[BaseHTTPRequestHandler]:
+def make_handler(bridge: Bridge, idle_timeout: float) -> Type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "bmc-bridge"
         protocol_version = "HTTP/1.1"
+        timeout = idle_timeout  # the socket's: a silent client gives its thread back
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # a scrape every few seconds is not news
@@ -167,11 +172,46 @@ def _index(bridge: Bridge) -> str:
     )
 
 
-def serve(host: str, port: int, scraper: Scraper) -> ThreadingHTTPServer:
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most `max_clients` of them."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: Tuple[str, int],
+        handler: Type[BaseHTTPRequestHandler],
+        max_clients: int,
+    ) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_clients)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # the client sees the connection closed
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def serve(
+    host: str,
+    port: int,
+    scraper: Scraper,
+    idle_timeout: float = IDLE_TIMEOUT_S,
+    max_clients: int = MAX_CLIENTS,
+) -> ThreadingHTTPServer:
     """Bind the server (not yet serving)."""
-    server = ThreadingHTTPServer((host, port), make_handler(Bridge(scraper)))
-    server.daemon_threads = True
-    return server
+    return _Server((host, port), make_handler(Bridge(scraper), idle_timeout), max_clients)
 
 
 def build_parser() -> argparse.ArgumentParser:
