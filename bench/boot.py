@@ -153,7 +153,7 @@ def measure() -> Dict[str, Any]:
                 with open(path, "wb") as f:
                     f.write(data)
                 manifest_set(client, [(FILE_NAME, path)], ON_BMC_MAX, os.path.join(work, "cache"))
-                man = client.call("boot-manifest-get", auth=False)
+                man = client.boot_manifest()
                 entry = [e for e in man["files"] if e["name"] == FILE_NAME][0]
                 if entry["src"] != "bmc" or entry["sha256"] != hashlib.sha256(data).hexdigest():
                     raise RuntimeError(f"{FILE_NAME} is not stored on the BMC: {entry}")

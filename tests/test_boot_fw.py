@@ -97,3 +97,12 @@ def test_boot_modules_micropython(keyed_tmp: pathlib.Path) -> None:
     assert passed == ["inventory", "stream", "chunk", "orchestration", "stream", "prune"], (
         proc.stdout
     )
+
+
+def test_manifest_of_32_micropython(tmp_path: pathlib.Path) -> None:
+    """A 32-entry Pi 5 manifest set from an uploaded files list and listed back under the
+    real MicroPython with an RP2040-sized heap; the heap a set and a listing take."""
+    proc = run_micropython(HERE / "mpy" / "manifest_units.py", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    passed = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("PASS ")]
+    assert passed == ["set", "listing", "restart"], proc.stdout

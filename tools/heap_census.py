@@ -1,6 +1,6 @@
 """Resident heap of a simulated BMC: after start, after each of a few requests.
 
-    .venv/bin/python tools/heap_census.py [--board pico-cm4] [--heap 192K]
+    .venv/bin/python tools/heap_census.py [--board pico-cm4] [--heap 192K] [--manifest 32]
 
 Runs one `bmc-sim` slot whose MicroPython process starts through a small wrapper
 around firmware/sim_main.py. The wrapper hooks `bmc.app.App.run` (before the loop)
@@ -11,13 +11,19 @@ wrapper's own code (about 1 KB) is included in the figures.
 
 The requests: hello, status, a metrics scrape, status again, inventory-get,
 boot-manifest-get, boot-status, and the largest request (a status of exactly
-`codec.MAX_PAYLOAD` bytes). Exit status 1 when a request fails or the BMC does not
-start.
+`codec.MAX_PAYLOAD` bytes). With `--manifest N` an admin key is provisioned first and
+the BMC gets a boot manifest of N entries as a Pi 5 / CM5 asks for them (config.txt
+and cmdline.txt stored on the BMC, the others listed from the host cache; set as
+`bmcctl boot manifest set` does, through `BmcClient.boot_manifest_set`), then it
+restarts, so the census starts with the manifest read from flash, and the requests
+end with a set of the same manifest. Exit status 1 when a request fails or the BMC
+does not start.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pathlib
 import re
@@ -29,7 +35,8 @@ import time
 from typing import Any, Callable, List, Tuple
 
 from bmc import codec
-from racklet_host.client import BmcClient
+from racklet_host.client import Args, BmcClient
+from racklet_host.keys import Key
 from racklet_sim import rack as simrack
 
 WRAPPER = r"""
@@ -87,15 +94,20 @@ import sim_main  # noqa: E402,F401 - runs the firmware, as `micropython sim_main
 _LINE = re.compile(r"CENSUS (\w+) alloc=(\d+) free=(\d+) largest=(\d+)")
 
 
-def census_lines(log: pathlib.Path) -> List[Tuple[int, int, int]]:
+def census_lines(log: pathlib.Path, tag: str = "") -> List[Tuple[int, int, int]]:
+    """The census lines so far (only those tagged `tag`, when given)."""
     text = log.read_text(errors="replace") if log.exists() else ""
-    return [(int(m[2]), int(m[3]), int(m[4])) for m in _LINE.finditer(text)]
+    return [
+        (int(m[2]), int(m[3]), int(m[4])) for m in _LINE.finditer(text) if m[1] == tag or not tag
+    ]
 
 
-def wait_lines(log: pathlib.Path, n: int, timeout: float = 30) -> List[Tuple[int, int, int]]:
+def wait_lines(
+    log: pathlib.Path, n: int, timeout: float = 30, tag: str = ""
+) -> List[Tuple[int, int, int]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lines = census_lines(log)
+        lines = census_lines(log, tag)
         if len(lines) >= n:
             return lines
         time.sleep(0.05)
@@ -103,7 +115,27 @@ def wait_lines(log: pathlib.Path, n: int, timeout: float = 30) -> List[Tuple[int
     raise SystemExit(f"heap_census: no census line {n} in {log}:\n{tail}")
 
 
-def run(board: str, heap: str) -> int:
+def pi5_files(c: BmcClient, n: int) -> List[Args]:
+    """`n` manifest entries named as a Pi 5 / CM5 asks for them; config.txt and
+    cmdline.txt uploaded to the BMC, the others host-served (no upload)."""
+    names = ["bootcode5.bin", "mcb.bin", "bootmain", "rp1c0fw1.bin", "config.txt", "boot.img"]
+    names += [f"memsys{i:02d}.bin" for i in range(9)]
+    names += ["kernel_2712.img", "initramfs8", "cmdline.txt", "bcm2712-rpi-5-b.dtb"]
+    names += ["bcm2712-rpi-cm5-cm5io.dtb", "overlays/overlay_map.dtb"]
+    names += [f"overlays/racklet-overlay-{i:02d}.dtbo" for i in range(max(0, n - len(names)))]
+    files: List[Args] = []
+    for name in names[:n]:
+        if name in ("config.txt", "cmdline.txt"):
+            data = f"{name}: racklet heap census\n".encode()
+            sha = c.boot_file_put(data)
+            files.append({"name": name, "size": len(data), "sha256": sha, "src": "bmc"})
+        else:
+            sha = hashlib.sha256(name.encode()).hexdigest()
+            files.append({"name": name, "size": 1 << 20, "sha256": sha, "src": "host"})
+    return files
+
+
+def run(board: str, heap: str, manifest: int = 0) -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="census-", dir="/tmp"))
     rack_dir = work / "rack"
     wrapper = work / "census_main.py"
@@ -128,7 +160,21 @@ def run(board: str, heap: str) -> int:
     failed = False
     try:
         r.wait_ready(1, 60)
-        rows: List[Tuple[str, Tuple[int, int, int]]] = [("start", wait_lines(slot_log, 1)[-1])]
+        key: Key | None = None
+        files: List[Args] = []
+        if manifest:
+            key = Key.generate()
+            r.bootsel(1, seconds=3)
+            with BmcClient.open(r.port(1), timeout=10) as c:
+                c.keys_provision("admin", key)
+            with BmcClient.open(r.port(1), key=key, timeout=10) as c:
+                files = pi5_files(c, manifest)
+                c.boot_manifest_set(files)
+                starts = r.slot_info(1)["starts"]
+                c.bmc_reboot(wait=False)
+            r.wait_restarted(1, starts, 60)
+        first = wait_lines(slot_log, 2 if manifest else 1, tag="start")[-1]
+        rows: List[Tuple[str, Tuple[int, int, int]]] = [("start", first)]
         pad = "x" * (codec.MAX_PAYLOAD - 38)
         steps: List[Tuple[str, Callable[[BmcClient], Any]]] = [
             ("hello", lambda c: c.hello()),
@@ -136,7 +182,7 @@ def run(board: str, heap: str) -> int:
             ("metrics", lambda c: c.metrics()),
             ("status", lambda c: c.status()),
             ("inventory-get", lambda c: c.request({"cmd": "inventory-get"})),
-            ("boot-manifest-get", lambda c: c.request({"cmd": "boot-manifest-get"})),
+            ("boot-manifest-get", lambda c: c.boot_manifest()),
             ("boot-status", lambda c: c.request({"cmd": "boot-status"})),
             ("status", lambda c: c.status()),
             (
@@ -144,7 +190,11 @@ def run(board: str, heap: str) -> int:
                 lambda c: c.request({"cmd": "status", "args": {"pad": pad}}),
             ),
         ]
-        with BmcClient.open(r.port(1)) as c:
+        if manifest:
+            steps.append(("boot-manifest-set", lambda c: c.boot_manifest_set(files)))
+            steps.append(("boot-manifest-get", lambda c: c.boot_manifest()))
+            steps.append(("metrics", lambda c: c.metrics()))
+        with BmcClient.open(r.port(1), key=key, timeout=10) as c:
             for name, fn in steps:
                 n = len(census_lines(slot_log))
                 try:
@@ -154,7 +204,8 @@ def run(board: str, heap: str) -> int:
                     note = f"  FAILED: {e}"
                     failed = True
                 rows.append((name + note, wait_lines(slot_log, n + 1)[n]))
-        print(f"heap census: board {board}, heap {heap} (bytes after gc.collect())")
+        loaded = f", a manifest of {manifest} entries" if manifest else ""
+        print(f"heap census: board {board}, heap {heap}{loaded} (bytes after gc.collect())")
         print(f"{'after':<28} {'allocated':>10} {'free':>10} {'largest':>10}")
         for name, (a, f, big) in rows:
             print(f"{name:<28} {a:>10} {f:>10} {big:>10}")
@@ -168,8 +219,11 @@ def main(argv: List[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--board", default="pico-cm4", help="board name (boards/rp2040)")
     p.add_argument("--heap", default="192K", help="MicroPython heap size (-X heapsize=)")
+    p.add_argument(
+        "--manifest", type=int, default=0, metavar="N", help="a boot manifest of N entries first"
+    )
     args = p.parse_args(argv)
-    return run(args.board, args.heap)
+    return run(args.board, args.heap, args.manifest)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Loaded for one request and dropped after (`bmc.ondemand`); see bmc.bootfiles.
 
 import binascii
 import hashlib
+import json
 import os
 
 from bmc import errors
@@ -14,9 +15,11 @@ from bmc.bootfiles import (
     CRC_SUFFIX,
     INVENTORY_FILE,
     MANIFEST,
+    MANIFEST_UPLOAD_MAX,
     MAX_FILES,
     MAX_SIZE,
     SOURCES,
+    UPLOAD_SUFFIX,
     _bad,
     _hex,
     check_name,
@@ -43,7 +46,10 @@ def _int(v, what, lo, hi):
     return v
 
 
-def set_manifest(bf, files, expect=None):
+def set_manifest(bf, files, expect=None, files_sha=None):
+    """Replace the manifest with `files`, or with the files list uploaded as
+    `<files_sha>.manifest` (`put(..., manifest=True)`): one validation, one atomic
+    save. Returns the summary (bmc.bootserve.summary)."""
     cur = bf.gen
     if expect is not None and expect != cur:
         raise errors.CmdError(
@@ -51,6 +57,8 @@ def set_manifest(bf, files, expect=None):
             "boot manifest is at generation %d, not %s" % (cur, expect),
             {"gen": cur},
         )
+    if files_sha is not None:
+        files = uploaded(bf, files_sha)
     if bf.state in ("waiting", "serving"):
         bf.events.add("warning", "boot_manifest_changed", "during a USB boot")
     if not isinstance(files, list) or len(files) > MAX_FILES:
@@ -80,6 +88,7 @@ def set_manifest(bf, files, expect=None):
             )
         names.append(name)
         new.append([name, size, sha, src])
+    files = names = None  # the new entries share their strings; the request's objects can go
     rec = {"gen": cur + 1, "files": new}
     try:
         bf._store.save(MANIFEST, rec)
@@ -89,7 +98,50 @@ def set_manifest(bf, files, expect=None):
     bf._gen_cache = None
     prune(bf)
     bf.events.add("config", "boot_manifest", "generation %d, %d file(s)" % (cur + 1, len(new)))
-    return bf.manifest()
+    return bf.summary()
+
+
+def uploaded(bf, sha):
+    """The files list uploaded as `<sha>.manifest`, its digest checked again (the MAC of
+    the set covers the list through it) and parsed from the file, not from a copy of
+    its text. CmdError(INVALID) when it is not there whole, changed on the flash, or
+    is not a JSON list; such an upload (of no further use) is removed."""
+    check_sha(sha, "files_sha256")
+    path = bf.dir + "/" + sha + UPLOAD_SUFFIX
+    size = _size(path)
+    if size < 0:
+        _bad("no files list uploaded with sha256 %s: upload it whole first" % sha[:16])
+    why = None
+    if size > MANIFEST_UPLOAD_MAX:
+        why = "is %d bytes, more than %d" % (size, MANIFEST_UPLOAD_MAX)
+    else:
+        got, _ = file_sha(bf, path, None, 0)
+        if got != sha:
+            why = "changed on the flash (sha256 %s)" % got[:16]
+    if why is None:
+        try:
+            with open(path, "rb") as fh:
+                files = json.load(fh)
+            if not isinstance(files, list):
+                why = "is not a JSON list of files"
+        except MemoryError:
+            raise
+        except Exception:  # ValueError; CPython also RecursionError
+            why = "is not JSON"
+    if why is not None:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        _bad("the uploaded files list %s %s: upload it again" % (sha[:16], why))
+    return files
+
+
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1
 
 
 def prune(bf):
@@ -103,23 +155,26 @@ def prune(bf):
                 pass
 
 
-def put(bf, sha, size, offset, data, chunk_sha):
+def put(bf, sha, size, offset, data, chunk_sha, manifest=False):
+    """One chunk of an upload. `manifest`: a files list for `set_manifest(files_sha=)`,
+    stored as `<sha>.manifest`, at most MANIFEST_UPLOAD_MAX bytes and not counted in
+    max_total; a complete one replaces any earlier one."""
     check_sha(sha)
-    _int(size, "size", 1, bf.max_file)
+    _int(size, "size", 1, MANIFEST_UPLOAD_MAX if manifest else bf.max_file)
     _int(offset, "offset", 0, size)
-    if bf._stored_size(sha) == size:
+    path = bf.dir + "/" + sha + (UPLOAD_SUFFIX if manifest else "")
+    if _size(path) == size:
         return {"received": size, "complete": True}
     up = bf._up
     if offset == 0:
-        need = bf._used() + size
-        if need > bf.max_total:
+        if not manifest and bf._used() + size > bf.max_total:
             raise errors.CmdError(
                 errors.STORAGE,
                 "boot file space full: %d + %d bytes > %d" % (bf._used(), size, bf.max_total),
             )
-        up = bf._up = [sha, size, 0]
+        up = bf._up = [sha, size, 0, manifest]
         open(bf._tmp, "wb").close()
-    elif up is None or up[0] != sha or up[1] != size or up[2] != offset:
+    elif up is None or up[0] != sha or up[1] != size or up[2] != offset or up[3] != manifest:
         got = up[2] if (up is not None and up[0] == sha) else 0
         raise errors.CmdError(
             errors.CONFLICT,
@@ -145,14 +200,17 @@ def put(bf, sha, size, offset, data, chunk_sha):
     if up[2] < size:
         return {"received": up[2], "complete": False}
     bf._up = None
-    crcs = bf.crc_table(MAX_PAYLOAD)
+    crcs = None if manifest else bf.crc_table(MAX_PAYLOAD)
     got, count = file_sha(bf, bf._tmp, crcs, MAX_PAYLOAD)
     if got != sha:
         os.remove(bf._tmp)
         _bad("whole-file digest mismatch: got %s, file discarded" % got)
-    path = bf.dir + "/" + sha
+    if manifest:
+        for n in os.listdir(bf.dir):
+            if n.endswith(UPLOAD_SUFFIX):
+                os.remove(bf.dir + "/" + n)
     os.rename(bf._tmp, path)
-    if count >= 0:
+    if count >= 0 and not manifest:
         save_crcs(bf, path, count, MAX_PAYLOAD)  # what streams send (bmc.bootfiles)
     return {"received": size, "complete": True}
 
@@ -160,7 +218,7 @@ def put(bf, sha, size, offset, data, chunk_sha):
 def file_sha(bf, path, crcs, step):
     """SHA-256 (hex) of a file, and the CRC-32 of each `step`-byte chunk stored into
     the array `crcs` (its last entry left for the check): (hex, chunks), chunks -1
-    when they do not fit."""
+    when they do not fit. `crcs` None: the digest only."""
     h = hashlib.sha256()
     buf = bytearray(_HASH_BUF)
     mv = memoryview(buf)
@@ -174,6 +232,8 @@ def file_sha(bf, path, crcs, step):
             if not n:
                 break
             h.update(mv[:n])
+            if crcs is None:
+                continue
             i = 0
             while i < n:
                 take = min(n - i, step - fill)
@@ -186,6 +246,8 @@ def file_sha(bf, path, crcs, step):
                     k += 1
                     c = 0
                     fill = 0
+    if crcs is None:
+        return _hex(h.digest()), -1
     if fill:
         if k < len(crcs) - 1:
             crcs[k] = c & 0xFFFFFFFF

@@ -10,12 +10,23 @@ from the inventory (`bmc.inventory`) and listed with source "gen":
 `racklet.inventory=<url> racklet.keys=<fp>,...`) and `racklet-inventory.json`.
 
     bf = BootFiles(store, events, clock, inventory)
-    bf.manifest()                       # {"gen", "files": [{"name","size","sha256","src"}], ...}
-    bf.set_manifest(files, expect)      # admin; the new generation is returned
-    bf.put(sha, size, offset, data, chunk_sha)   # chunked upload
+    bf.send_manifest(req)               # one JSON line per entry as chunks; {"gen", "count", ...}
+    bf.set_manifest(files, expect)      # admin; a summary of the new manifest is returned
+    bf.set_manifest(None, expect, sha)  # the same, the files list read from an upload
+    bf.put(sha, size, offset, data, chunk_sha)   # chunked upload (manifest=True: a files list)
     bf.stream(name, gen, sha, req)      # chunks of a "bmc"/"gen" file, zero copy
     bf.report(event, name, sha, gen, detail)     # what the relay did
     bf.usb_start(timeout_ms) / bf.tick()         # boot-select + power cycle, release
+
+A manifest of MAX_FILES entries does not fit one frame (codec.MAX_PAYLOAD), so
+`boot-manifest-get` streams it, an entry a line, and `boot-manifest-set` also takes
+the files list as an upload: its canonical JSON, stored by `put(..., manifest=True)`
+as `<sha256>.manifest` (checked like any upload, at most MANIFEST_UPLOAD_MAX bytes,
+not counted in max_total, one kept at a time), then named by its digest. The
+set reads it back, checks the digest again and parses it; from there both ways
+are one: the same validation, one atomic save. A listed file is always `<sha256>`
+without suffix, so an uploaded files list is never listed or served, and it goes
+with the next prune like any file the manifest does not list.
 
 A relay asks (`report("serve", ...)`) before it serves any file, so every file
 the SBC gets, from the BMC or from the host cache, was vouched for by the
@@ -46,7 +57,7 @@ import os
 from bmc import errors, ondemand
 from bmc.compat import const, mem_alloc
 
-MAX_FILES = const(12)  # files in the manifest, generated ones not counted
+MAX_FILES = const(32)  # files in the manifest, generated ones not counted
 NAME_MAX = const(64)
 MAX_FILE = const(131072)  # one file on the BMC's flash
 MAX_TOTAL = const(262144)  # all boot files on the BMC's flash
@@ -62,6 +73,8 @@ SOURCES = ("bmc", "host")
 _NAME_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/"
 MANIFEST = "boot_manifest"
 CRC_SUFFIX = ".crc"  # a stored file's chunk CRCs (see the module docstring)
+UPLOAD_SUFFIX = ".manifest"  # an uploaded files list (see the module docstring)
+MANIFEST_UPLOAD_MAX = const(8192)  # bytes: 33 entries of the longest names still fit
 
 REPORT_EVENTS = ("check", "serve", "mismatch", "missing", "refused", "done", "failed")
 COUNTERS = (
@@ -113,7 +126,7 @@ class BootFiles:
         except OSError:
             pass
         self._tmp = self.dir + "/upload.tmp"
-        self._up = None  # [sha, size, received] of the upload in progress
+        self._up = None  # [sha, size, received, manifest] of the upload in progress
         self.counters = {}
         for c in COUNTERS:
             self.counters[c] = 0
@@ -157,8 +170,11 @@ class BootFiles:
     def lookup(self, name):
         return self._serve("lookup", name)
 
-    def manifest(self):
-        return self._serve("manifest")
+    def send_manifest(self, req):
+        return self._serve("send_manifest", req)
+
+    def summary(self):
+        return self._serve("summary")
 
     def stream(self, name, gen, sha, req):
         # A stored ("bmc") file the manifest lists as asked is served by resident code:
@@ -257,11 +273,11 @@ class BootFiles:
     def status(self):
         return self._serve("status")
 
-    def set_manifest(self, files, expect=None):
-        return self._admin("set_manifest", files, expect)
+    def set_manifest(self, files, expect=None, files_sha=None):
+        return self._admin("set_manifest", files, expect, files_sha)
 
-    def put(self, sha, size, offset, data, chunk_sha):
-        return self._admin("put", sha, size, offset, data, chunk_sha)
+    def put(self, sha, size, offset, data, chunk_sha, manifest=False):
+        return self._admin("put", sha, size, offset, data, chunk_sha, manifest)
 
     def forget(self):
         """Factory reset: no manifest, no stored files."""
@@ -280,7 +296,7 @@ class BootFiles:
     def _used(self):
         total = 0
         for n in os.listdir(self.dir):
-            if n != "upload.tmp" and not n.endswith(CRC_SUFFIX):
+            if n != "upload.tmp" and not n.endswith(CRC_SUFFIX) and not n.endswith(UPLOAD_SUFFIX):
                 total += self._stored_size(n)
         return total
 

@@ -1,4 +1,5 @@
-"""The serving side of the boot files: manifest, streams, relay reports, USB boot start.
+"""The serving side of the boot files: the manifest's listing, streams, relay reports,
+USB boot start.
 
 Loaded for one request and dropped after (`bmc.ondemand`); the state these
 functions work on (manifest, counters, the USB boot session and its deadline)
@@ -7,6 +8,7 @@ timeout. See bmc.bootfiles for the design.
 """
 
 import hashlib
+import json
 
 from bmc import errors
 from bmc.bootfiles import CMDLINE, INVENTORY_FILE, REPORT_EVENTS, _bad, _hex, check_name
@@ -63,13 +65,39 @@ def lookup(bf, name):
     return None
 
 
-def manifest(bf):
-    return {
-        "gen": bf.gen,
-        "files": [{"name": e[0], "size": e[1], "sha256": e[2], "src": e[3]} for e in entries(bf)],
-        "bmc_bytes": bf._used(),
-        "bmc_limit": bf.max_total,
-    }
+_LINE = '{"name":%s,"size":%d,"sha256":"%s","src":"%s"}\n'
+
+
+def send_manifest(bf, req):
+    """The effective manifest as chunks of JSON lines, one entry a line
+    ({"name", "size", "sha256", "src"}), each line made and copied into the frame
+    buffer on its own: the whole text is never in RAM. The reply: the summary."""
+    view = req.chunk_view()
+    used = 0
+    count = 0
+    for e in entries(bf):
+        # the digest and the source are checked hex and a fixed word (bmc.bootadmin)
+        line = (_LINE % (json.dumps(e[0]), e[1], e[2], e[3])).encode()
+        if used + len(line) > len(view):
+            req.chunk_prepared(used)
+            view = req.chunk_view()
+            used = 0
+        view[used : used + len(line)] = line
+        used += len(line)
+        count += 1
+    if used:
+        req.chunk_prepared(used)
+    return _summary(bf, count)
+
+
+def summary(bf):
+    """What `boot-manifest-set` answers: generation, entries (generated ones included),
+    the bytes stored on the BMC's flash and its limit."""
+    return _summary(bf, len(entries(bf)))
+
+
+def _summary(bf, count):
+    return {"gen": bf.gen, "count": count, "bmc_bytes": bf._used(), "bmc_limit": bf.max_total}
 
 
 def _vouch(bf, name, gen, sha):

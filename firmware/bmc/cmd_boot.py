@@ -2,9 +2,9 @@
 (boot-file-read, the stream, is resident: bmc.cmd_core).
 
 | command | role | args |
-| boot-manifest-get | public | |
-| boot-manifest-set | admin | files [{name, size, sha256, src}], expect |
-| boot-file-put | admin | sha256, size, offset, data (base64), chunk_sha256 |
+| boot-manifest-get | public | | (chunks: a JSON line an entry)
+| boot-manifest-set | admin | files [{name, size, sha256, src}] or files_sha256, expect |
+| boot-file-put | admin | sha256, size, offset, data (base64), chunk_sha256, manifest |
 | boot-usb | operator | timeout_ms |
 | boot-report | operator | event, name, sha256, gen, detail |
 | boot-status | public | |
@@ -18,14 +18,19 @@ _DETAIL_MAX = 80
 
 def manifest_get(app, req):
     bf = app.bootfiles
-    return bf.manifest()
+    return bf.send_manifest(req)
 
 
 def manifest_set(app, req):
     bf = app.bootfiles
-    return bf.set_manifest(
-        arg(req.args, "files", list, required=True), arg(req.args, "expect", int)
-    )
+    a = req.args
+    files = arg(a, "files", list)
+    files_sha = arg(a, "files_sha256", str)
+    if (files is None) == (files_sha is None):
+        raise errors.CmdError(
+            errors.INVALID, "give files, or files_sha256 of the uploaded files list"
+        )
+    return bf.set_manifest(files, arg(a, "expect", int), files_sha)
 
 
 def file_put(app, req):
@@ -37,6 +42,7 @@ def file_put(app, req):
         arg(a, "offset", int, required=True),
         arg(a, "data", str, required=True),
         arg(a, "chunk_sha256", str, required=True),
+        arg(a, "manifest", bool, False),
     )
 
 

@@ -34,10 +34,9 @@ class Store:
             return default, "missing"
         try:
             try:
-                data = f.read()
+                value = json.load(f)  # parsed as read: the file's text is never held whole
             finally:
                 f.close()
-            value = json.loads(data.decode())
         except MemoryError:
             raise
         except Exception as e:
@@ -47,7 +46,17 @@ class Store:
         return value, None
 
     def save(self, name, value):
-        self._write_atomic(self.path(name), json.dumps(value))
+        """Write `value` as JSON (to a temp file, renamed over the old one). The text goes
+        to the file as it is made, never whole in RAM: a record of a few KB (a boot
+        manifest of 32 files) needs no block of its size on a fragmented heap."""
+        path = self.path(name)
+        tmp = path + ".tmp"
+        f = open(tmp, "w")
+        try:
+            json.dump(value, f)
+        finally:
+            f.close()
+        os.rename(tmp, path)
 
     def remove(self, name, ext=".json"):
         try:

@@ -12,8 +12,6 @@ bmcctl --key-file op.key boot serve SLOT ...
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import os
 import sys
@@ -24,7 +22,6 @@ from .errors import BmcError, Conflict
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "racklet", "boot")
 ON_BMC_MAX = 64 * 1024  # files up to this size go to the BMC's flash by default
-CHUNK = 256  # raw bytes per upload request (the BMC takes up to 1024; see docs/boot.md)
 
 
 def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -134,26 +131,11 @@ def parse_files(specs: List[str]) -> List[Tuple[str, str]]:
     return out
 
 
-def upload(c: BmcClient, data: bytes) -> str:
-    sha = hashlib.sha256(data).hexdigest()
-    off = 0
-    while off < len(data):
-        chunk = data[off : off + CHUNK]
-        args = {
-            "sha256": sha,
-            "size": len(data),
-            "offset": off,
-            "data": base64.b64encode(chunk).decode(),
-            "chunk_sha256": hashlib.sha256(chunk).hexdigest(),
-        }
-        r = c.call("boot-file-put", args)
-        off = len(data) if r.get("complete") else off + len(chunk)
-    return sha
-
-
 def manifest_set(
     c: BmcClient, files: List[Tuple[str, str]], on_bmc_max: int, cache_dir: str
 ) -> Dict[str, Any]:
+    """Upload the small files to the BMC, copy the others into the host cache, then
+    replace the manifest (`BmcClient.boot_manifest_set`); the BMC's summary."""
     from .usbboot.relay import Cache
 
     cache = Cache(cache_dir)
@@ -162,19 +144,30 @@ def manifest_set(
         with open(path, "rb") as f:
             data = f.read()
         if len(data) <= on_bmc_max or name == "cmdline.txt":
-            sha = upload(c, data)
+            sha = c.boot_file_put(data)
             src = "bmc"
         else:
             sha, _ = cache.add(path)
             src = "host"
         entries.append({"name": name, "size": len(data), "sha256": sha, "src": src})
-    return c.call("boot-manifest-set", {"files": entries})
+    return c.boot_manifest_set(entries)
 
 
 def manifest_columns(d: Any) -> Dict[str, str]:
     files = d.get("files", []) if isinstance(d, dict) else []
     listing = " ".join(f"{f['name']}({f['src']},{f['size']})" for f in files)
     return {"gen": str(d.get("gen")), "files": listing or "-"}
+
+
+def summary_columns(d: Any) -> Dict[str, str]:
+    """What `boot manifest set` shows: the BMC's summary of the new manifest."""
+    if not isinstance(d, dict):
+        return {"gen": "-", "files": "-", "on_bmc": "-"}
+    return {
+        "gen": str(d.get("gen")),
+        "files": str(d.get("count")),
+        "on_bmc": f"{d.get('bmc_bytes')}/{d.get('bmc_limit')} B",
+    }
 
 
 def inventory_columns(d: Any) -> Dict[str, str]:
@@ -210,7 +203,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         if args.manifest_action == "get":
             return cli.simple(
                 args,
-                lambda c: c.call("boot-manifest-get", auth=False),
+                lambda c: c.boot_manifest(),
                 key=False,
                 columns=manifest_columns,
             )
@@ -218,7 +211,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         return cli.simple(
             args,
             lambda c: manifest_set(c, files, args.on_bmc_max, args.cache),
-            columns=manifest_columns,
+            columns=summary_columns,
         )
     if args.action == "status":
         return cli.simple(args, lambda c: c.call("boot-status", auth=False), key=False)

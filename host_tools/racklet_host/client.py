@@ -16,6 +16,8 @@ A client is safe to share between threads: requests are serialised per link.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import random
 import threading
 import time
@@ -47,6 +49,9 @@ NONCE_REUSE_S = 2.0  # a nonce from a signed reply is used only this young (the 
 # How long opening a port waits while another program (the bridge mid-scrape, another
 # bmcctl) holds it, before PortBusy.
 DEFAULT_BUSY_WAIT = 3.0
+UPLOAD_CHUNK = 256  # raw bytes per boot-file-put (the BMC takes up to 1024; docs/boot.md)
+# What a request's `auth` adds at most: key id, nonce and MAC (hex), with their JSON.
+_AUTH_ROOM = len(codec.dumps({"auth": {"key": "0" * 16, "nonce": "0" * 32, "mac": "0" * 64}}))
 
 
 class Hello(TypedDict, total=False):
@@ -101,6 +106,15 @@ class Status(TypedDict, total=False):
 class KeyInfo(TypedDict, total=False):
     id: str  # key id: first 8 bytes of sha256(key), hex
     role: str
+
+
+class BootManifest(TypedDict):
+    """What `boot-manifest-get` lists (BmcClient.boot_manifest)."""
+
+    gen: int
+    files: List[Args]  # {"name", "size", "sha256", "src"}; src bmc, host or gen
+    bmc_bytes: int  # boot files on the BMC's flash
+    bmc_limit: int
 
 
 class Streamed:
@@ -384,6 +398,77 @@ class BmcClient:
 
     def maintenance(self, key: Optional[Key] = None) -> Args:
         return self.call("maintenance", {}, key)
+
+    def boot_manifest(self) -> BootManifest:
+        """The BMC's boot manifest: generation, every entry (generated ones included) and
+        the BMC's boot file space. The BMC streams the entries, a JSON line each; the
+        count it reports after them must match what arrived."""
+        res = self.stream("boot-manifest-get", auth=False)
+        files: List[Args] = []
+        for line in res.body.splitlines():
+            if not line.strip():
+                continue
+            try:
+                entry = codec.loads(line)
+            except ValueError:
+                raise ProtocolError(
+                    f"{self.name}: garbled boot manifest entry {line[:80]!r}"
+                ) from None
+            files.append(entry)
+        d = res.data
+        try:
+            count, gen = int(d["count"]), int(d["gen"])
+            used, limit = int(d["bmc_bytes"]), int(d["bmc_limit"])
+        except (KeyError, TypeError, ValueError):
+            raise ProtocolError(f"{self.name}: boot manifest summary incomplete: {d}") from None
+        if count != len(files):
+            raise ProtocolError(
+                f"{self.name}: the boot manifest has {count} entries, {len(files)} arrived"
+            )
+        return BootManifest(gen=gen, files=files, bmc_bytes=used, bmc_limit=limit)
+
+    def boot_file_put(
+        self, data: bytes, *, manifest: bool = False, key: Optional[Key] = None
+    ) -> str:
+        """Upload `data` to the BMC's flash in chunks, each digest-checked (the BMC checks
+        the whole file's digest too); its SHA-256 (hex). A file already stored there
+        is not sent again. `manifest`: a files list for `boot_manifest_set`."""
+        sha = hashlib.sha256(data).hexdigest()
+        off = 0
+        while off < len(data):
+            chunk = data[off : off + UPLOAD_CHUNK]
+            args: Args = {
+                "sha256": sha,
+                "size": len(data),
+                "offset": off,
+                "data": base64.b64encode(chunk).decode(),
+                "chunk_sha256": hashlib.sha256(chunk).hexdigest(),
+            }
+            if manifest:
+                args["manifest"] = True
+            r = self.call("boot-file-put", args, key)
+            off = len(data) if r.get("complete") else off + len(chunk)
+        return sha
+
+    def boot_manifest_set(
+        self, files: List[Args], expect: Optional[int] = None, key: Optional[Key] = None
+    ) -> Args:
+        """Replace the boot manifest with `files` ({"name", "size", "sha256", "src"}; "bmc"
+        files uploaded first); with `expect`, only if it is at that generation. A list
+        whose request fits one frame goes inline; a longer one is uploaded (its canonical
+        JSON, `boot_file_put(manifest=True)`) and set by its SHA-256, which the MAC
+        covers. The BMC answers a summary: gen, count (entries, generated ones
+        included), bmc_bytes, bmc_limit."""
+        args: Args = {"files": files}
+        if expect is not None:
+            args["expect"] = expect
+        msg = {"cmd": "boot-manifest-set", "args": args}
+        if len(codec.dumps(msg)) + _AUTH_ROOM > codec.MAX_PAYLOAD:
+            blob = codec.canon(files).encode()
+            args = {"files_sha256": self.boot_file_put(blob, manifest=True, key=key)}
+            if expect is not None:
+                args["expect"] = expect
+        return self.call("boot-manifest-set", args, key)
 
     def metrics(self) -> str:
         """The OpenMetrics exposition, streamed in chunks."""

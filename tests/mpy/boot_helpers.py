@@ -99,11 +99,13 @@ def blob(n, seed):
     return bytes(b)
 
 
-def upload(rig, admin, data):
+def upload(rig, admin, data, manifest=False, upto=None):
+    """boot-file-put in 1 KiB chunks (`manifest`: a files list); `upto`: stop after
+    that many bytes (an upload left unfinished)."""
     sha = hx(data)
     off = 0
     r = None
-    while off < len(data):
+    while off < len(data) and (upto is None or off < upto):
         chunk = data[off : off + 1024]
         args = {
             "sha256": sha,
@@ -112,10 +114,21 @@ def upload(rig, admin, data):
             "data": b64(chunk),
             "chunk_sha256": hx(chunk),
         }
+        if manifest:
+            args["manifest"] = True
         r = ok(rig.host.call("boot-file-put", args, key=admin))
         off += len(chunk)
-    assert r["complete"] and r["received"] == len(data), r
+    if upto is None:
+        assert r["complete"] and r["received"] == len(data), r
     return sha
+
+
+def manifest_of(rig):
+    """boot-manifest-get: (its final data, the entries of its JSON lines), the count checked."""
+    d = ok(rig.host.call("boot-manifest-get"))
+    files = [json.loads(x) for x in b"".join(rig.host.last_chunks).decode().splitlines() if x]
+    assert d["count"] == len(files), (d, files)
+    return d, files
 
 
 def read_file(rig, key, name, gen=None, sha=None):

@@ -145,8 +145,8 @@ class BmcSource:
         self.unreachable = False  # a report failed: later ones get one try, not three
 
     def load_manifest(self) -> None:
-        d = self.client.call("boot-manifest-get", auth=False)
-        self.gen = int(d["gen"])
+        d = self.client.boot_manifest()
+        self.gen = d["gen"]
         self.entries = {}
         for f in d["files"]:
             self.entries[f["name"]] = Entry(f["name"], int(f["size"]), f["sha256"], f["src"])
