@@ -244,3 +244,38 @@ def test_bad_key_files(tmp_path: Any, content: str) -> None:
 def test_missing_key_file(tmp_path: Any) -> None:
     with pytest.raises(errors.KeyFileError, match="does not exist"):
         load_key(str(tmp_path / "none"))
+
+
+def test_boot_manifest_count_checked() -> None:
+    """boot_manifest() parses the streamed JSON lines and checks them against the count the
+    BMC reports: an entry lost on the way, or a garbled one, is a ProtocolError."""
+    lines = [
+        b'{"name":"a.bin","size":1,"sha256":"%s","src":"bmc"}\n' % (b"0" * 64),
+        b'{"name":"b.bin","size":2,"sha256":"%s","src":"host"}\n' % (b"1" * 64),
+    ]
+    answers: Dict[str, List[bytes]] = {"body": lines[0] + lines[1]}
+    count = {"n": 2}
+
+    def handle(rid: int, msg: Dict[str, Any]) -> List[bytes]:
+        assert msg["cmd"] == "boot-manifest-get" and "auth" not in msg
+        summary = {"gen": 4, "count": count["n"], "bmc_bytes": 1, "bmc_limit": 262144}
+        return [
+            codec.encode_frame(codec.KIND_CHUNK, rid, answers["body"]),
+            resp(rid, {"ok": True, "data": summary}),
+        ]
+
+    p = Peer(handle)
+    try:
+        with BmcClient.open(p.path) as c:
+            m = c.boot_manifest()
+            assert m["gen"] == 4 and m["bmc_bytes"] == 1 and m["bmc_limit"] == 262144
+            assert [f["name"] for f in m["files"]] == ["a.bin", "b.bin"]
+            count["n"] = 3
+            with pytest.raises(errors.ProtocolError, match="3 entries, 2 arrived"):
+                c.boot_manifest()
+            count["n"] = 2
+            answers["body"] = lines[0] + b"{not json\n"
+            with pytest.raises(errors.ProtocolError, match="garbled boot manifest entry"):
+                c.boot_manifest()
+    finally:
+        p.close()
