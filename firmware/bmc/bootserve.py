@@ -72,21 +72,12 @@ def send_manifest(bf, req):
     """The effective manifest as chunks of JSON lines, one entry a line
     ({"name", "size", "sha256", "src"}), each line made and copied into the frame
     buffer on its own: the whole text is never in RAM. The reply: the summary."""
-    view = req.chunk_view()
-    used = 0
     count = 0
     for e in entries(bf):
         # the digest and the source are checked hex and a fixed word (bmc.bootadmin)
-        line = (_LINE % (json.dumps(e[0]), e[1], e[2], e[3])).encode()
-        if used + len(line) > len(view):
-            req.chunk_prepared(used)
-            view = req.chunk_view()
-            used = 0
-        view[used : used + len(line)] = line
-        used += len(line)
+        req.line((_LINE % (json.dumps(e[0]), e[1], e[2], e[3])).encode())
         count += 1
-    if used:
-        req.chunk_prepared(used)
+    req.end_lines()
     return _summary(bf, count)
 
 

@@ -11,22 +11,13 @@ MAX_CONSOLE_WRITE = 256
 
 def events(app, req):
     since = arg(req.args, "since", int, 0)
-    view = req.chunk_view()
-    used = 0
     sent = 0
     nxt = since
     for entry in app.events.entries(since - 1):  # entries(n) gives seq > n
-        line = (json.dumps(entry) + "\n").encode()
-        if used + len(line) > len(view):
-            req.chunk_prepared(used)
-            view = req.chunk_view()
-            used = 0
-        view[used : used + len(line)] = line
-        used += len(line)
+        req.line((json.dumps(entry) + "\n").encode())
         sent += 1
         nxt = entry["seq"] + 1
-    if used:
-        req.chunk_prepared(used)
+    req.end_lines()
     return {"count": sent, "next": nxt, "dropped": app.events.dropped}
 
 

@@ -7,7 +7,9 @@ module-level `bmc.<module>.<function>(app, req)` is imported for the request
 and dropped after it (`bmc.ondemand`), so its code costs RAM only while it
 runs. A streaming command sends chunks with `req.chunk(data)` (or fills
 `req.chunk_view()` and calls `req.chunk_prepared(n)`, or `chunk_prepared(n, crc)`
-with the bytes' CRC-32 when it was computed earlier) before returning.
+with the bytes' CRC-32 when it was computed earlier) before returning; a
+listing of records sends them as lines, `req.line(data)` each, then
+`req.end_lines()`, packed whole into as few chunks as they fit.
 """
 
 import gc
@@ -24,7 +26,7 @@ _MAX_RESULTS = const(24)  # bound on distinct result labels counted
 
 
 class Request:
-    __slots__ = ("rid", "cmd", "args", "role", "key_id", "_writer")
+    __slots__ = ("rid", "cmd", "args", "role", "key_id", "_writer", "_view", "_used")
 
     def __init__(self, writer, rid, cmd, args, role, key_id):
         self._writer = writer
@@ -33,6 +35,30 @@ class Request:
         self.args = args
         self.role = role
         self.key_id = key_id
+        self._view = None  # the chunk that `line` fills
+        self._used = 0
+
+    def line(self, data):
+        """Add one line (bytes, at most a chunk) to the chunk being filled; the chunk
+        goes out when the next line does not fit, so no line is cut."""
+        view = self._view
+        if view is None:
+            view = self._view = self._writer.payload_view()
+        n = self._used
+        k = len(data)
+        if n + k > len(view):
+            if k > len(view):
+                raise errors.CmdError(errors.INTERNAL, "a line longer than a chunk")
+            self.chunk_prepared(n)
+            n = 0
+        view[n : n + k] = data
+        self._used = n + k
+
+    def end_lines(self):
+        """Send the last chunk of lines."""
+        if self._used:
+            self.chunk_prepared(self._used)
+            self._used = 0
 
     def chunk(self, data):
         self._writer.send(codec.KIND_CHUNK, self.rid, data)

@@ -16,6 +16,7 @@ import sys
 from bmc import errors, events, store
 from bmc.bootfiles import BootFiles
 from bmc.clock import ManualClock
+from bmc.dispatch import Request
 from bmc.inventory import Inventory
 
 
@@ -23,17 +24,20 @@ def hx(b):
     return binascii.hexlify(hashlib.sha256(b).digest()).decode()
 
 
-class Req:
+class Req(Request):
+    """The firmware's Request, as its own frame writer: `out` holds the chunks' bytes."""
+
     def __init__(self):
+        Request.__init__(self, self, 1, "boot-file-read", {}, "operator", None)
         self.buf = bytearray(2048)
         self.out = bytearray()
         self.chunks = 0
         self.stale = 0  # chunks sent with a CRC that does not match their bytes
 
-    def chunk_view(self):
+    def payload_view(self):
         return memoryview(self.buf)
 
-    def chunk_prepared(self, n, pcrc=None):
+    def send_prepared(self, kind, rid, n, pcrc=None):
         if pcrc is not None and pcrc != binascii.crc32(self.buf[:n]) & 0xFFFFFFFF:
             self.stale += 1
         self.out.extend(self.buf[:n])

@@ -18,6 +18,7 @@ import sys
 from bmc import codec, events, store
 from bmc.bootfiles import BootFiles
 from bmc.clock import ManualClock
+from bmc.dispatch import Request
 from bmc.inventory import Inventory
 
 
@@ -31,16 +32,19 @@ def check(ok, what):
         raise AssertionError(what)
 
 
-class Req:
+class Req(Request):
+    """The firmware's Request, as its own frame writer: `out` holds the chunks' bytes."""
+
     def __init__(self):
+        Request.__init__(self, self, 1, "boot-manifest-get", {}, "public", None)
         self.buf = bytearray(2048)
         self.out = bytearray()
         self.chunks = 0
 
-    def chunk_view(self):
+    def payload_view(self):
         return memoryview(self.buf)
 
-    def chunk_prepared(self, n, pcrc=None):
+    def send_prepared(self, kind, rid, n, pcrc=None):
         self.out.extend(self.buf[:n])
         self.chunks += 1
 
