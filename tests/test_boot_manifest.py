@@ -209,14 +209,53 @@ def test_33_files_refused(
     rack: Rack, admin: Path, work: Path, pushed: Dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     names = PI5_FILES + ["overlays/one-more.dtbo"]
-    pi5_files(work, names)
+    files = pi5_files(work, names)
     with client(rack, admin) as c:
         before = c.boot_manifest()
+        used = c.call("boot-status", auth=False)
     capsys.readouterr()
+    # bmcctl counts before it uploads anything
     assert bmcctl(rack, admin, *manifest_set_argv(work, names, pushed["cache"])) == 2
-    assert "invalid: files must be a list of at most 32 entries" in capsys.readouterr().out
+    assert "33 files: the BMC's boot manifest holds at most 32" in capsys.readouterr().err
+    # the BMC refuses such a list itself
+    listed = [
+        {"name": n, "size": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()}
+        for n in names
+    ]
     with client(rack, admin) as c:
+        with pytest.raises(Invalid, match="files must be a list of at most 32 entries"):
+            c.boot_manifest_set([dict(f, src="host") for f in listed])
         assert c.boot_manifest() == before
+        assert c.call("boot-status", auth=False)["gen"] == used["gen"]
+
+
+def test_a_boot_folder_given_whole(
+    rack: Rack, admin: Path, work: Path, pushed: Dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--dir`: every file of a boot folder, named by its path there; dotfiles left out
+    folder = work / "pi5-folder"
+    for name, data in pushed["files"].items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    (folder / ".DS_Store").write_bytes(b"finder")
+    (folder / "overlays" / "._dwc2.dtbo").write_bytes(b"resource fork")
+    (folder / ".git").mkdir(exist_ok=True)
+    (folder / ".git" / "HEAD").write_bytes(b"ref")
+    argv = ["boot", "manifest", "set", "slot1", "--cache", str(pushed["cache"])]
+    argv += ["--on-bmc-max", str(ON_BMC_MAX), "--dir", str(folder)]
+    assert bmcctl(rack, admin, *argv) == 0
+    with client(rack, admin) as c:
+        got = c.boot_manifest()
+    assert sorted(entries(got["files"])) == sorted(expected(pushed["files"], PI5_FILES))
+    # a name given twice (a folder and a file), or a folder that is not there: usage errors
+    capsys.readouterr()
+    twice = argv + ["--file", f"config.txt={folder / 'config.txt'}"]
+    assert bmcctl(rack, admin, *twice) == 2
+    assert "config.txt given twice" in capsys.readouterr().err
+    assert bmcctl(rack, admin, *(argv[:-1] + [str(work / "nowhere")])) == 2
+    assert "no such folder" in capsys.readouterr().err
+    with client(rack, admin) as c:
+        assert c.boot_manifest()["gen"] == got["gen"]
 
 
 def test_stale_expect_refused(rack: Rack, admin: Path, pushed: Dict[str, Any]) -> None:

@@ -57,7 +57,7 @@ import os
 from bmc import errors, ondemand
 from bmc.compat import const, mem_alloc
 
-MAX_FILES = const(32)  # files in the manifest, generated ones not counted
+MAX_FILES = const(32)  # files given (a stored cmdline.txt too); generated ones not counted
 NAME_MAX = const(64)
 MAX_FILE = const(131072)  # one file on the BMC's flash
 MAX_TOTAL = const(262144)  # all boot files on the BMC's flash

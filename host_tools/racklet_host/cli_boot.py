@@ -3,7 +3,8 @@
 bmcctl inventory get [TARGET...|--all]
 bmcctl --key-file admin.key inventory set TARGET... --url URL --key FILE [--key FILE ...]
 bmcctl boot manifest get [TARGET...]
-bmcctl --key-file admin.key boot manifest set TARGET... [NAME=]PATH ... [--cache DIR]
+bmcctl --key-file admin.key boot manifest set TARGET... [--file [NAME=]PATH ...] [--dir DIR ...]
+                                             [--on-bmc-max BYTES] [--cache DIR]
 bmcctl boot status [TARGET...]
 bmcctl --key-file op.key boot usb SLOT [--cache DIR] [--usb-port 1-1.3 | --usb-sim SOCKET]
 bmcctl --key-file op.key boot serve SLOT ...
@@ -54,6 +55,14 @@ def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) ->
         default=[],
         metavar="[NAME=]PATH",
         help="a boot file; small ones go to the BMC's flash, large ones to the host cache",
+    )
+    ms.add_argument(
+        "--dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="every file under DIR (a boot folder), named by its path there "
+        "(overlays/dwc2.dtbo); names starting with '.' are left out",
     )
     ms.add_argument("--on-bmc-max", type=int, default=ON_BMC_MAX, metavar="BYTES")
     ms.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="host cache")
@@ -129,6 +138,44 @@ def parse_files(specs: List[str]) -> List[Tuple[str, str]]:
             raise UsageError(f"no such file: {path}")
         out.append((name, path))
     return out
+
+
+def parse_dirs(dirs: List[str]) -> List[Tuple[str, str]]:
+    """Every regular file under each of `dirs` as (its path there, with '/', its path),
+    in name order; names starting with '.' (.DS_Store, ._* from macOS) left out."""
+    from .cli import UsageError
+
+    out: List[Tuple[str, str]] = []
+    for top in dirs:
+        if not os.path.isdir(top):
+            raise UsageError(f"no such folder: {top}")
+        found = []
+        for here, subdirs, names in os.walk(top):
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+            for n in names:
+                path = os.path.join(here, n)
+                if not n.startswith(".") and os.path.isfile(path):
+                    found.append(os.path.relpath(path, top).replace(os.sep, "/") + "=" + path)
+        out += parse_files(sorted(found))
+    return out
+
+
+def manifest_files(file_specs: List[str], dirs: List[str]) -> List[Tuple[str, str]]:
+    """The files of `--file` and `--dir`, each name once and no more than the BMC holds:
+    a usage error before anything is uploaded."""
+    from bmc.bootfiles import MAX_FILES
+
+    from .cli import UsageError
+
+    files = parse_files(file_specs) + parse_dirs(dirs)
+    seen: Dict[str, str] = {}
+    for name, path in files:
+        if name in seen:
+            raise UsageError(f"{name} given twice: {seen[name]} and {path}")
+        seen[name] = path
+    if len(files) > MAX_FILES:
+        raise UsageError(f"{len(files)} files: the BMC's boot manifest holds at most {MAX_FILES}")
+    return files
 
 
 def manifest_set(
@@ -207,7 +254,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 key=False,
                 columns=manifest_columns,
             )
-        files = parse_files(args.file)
+        files = manifest_files(args.file, args.dir)
         return cli.simple(
             args,
             lambda c: manifest_set(c, files, args.on_bmc_max, args.cache),
