@@ -219,7 +219,8 @@ def test_port_held_by_another_program_is_waited_for(bridge: str, fakes: Fakes) -
 def test_bad_command_line_and_config(tmp_path: pathlib.Path) -> None:
     conf = tmp_path / "bridge.ini"
     conf.write_text("[bridge]\nlisten = 127.0.0.1:http\n")
-    for args in (["--config", str(conf)], ["--listen", "nohost"], ["--timeout", "0"]):
+    bad = (["--config", str(conf)], ["--listen", "nohost"], ["--timeout", "0"], ["--hub", "hub1"])
+    for args in bad:
         proc = subprocess.run(
             [sys.executable, "-m", "racklet_host.bridge.server", *args],
             capture_output=True,

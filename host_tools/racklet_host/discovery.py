@@ -3,7 +3,7 @@
 - Real hardware: `serial.tools.list_ports` entries with a Racklet BMC's USB vendor
   and product id. The slot name comes from the USB port path (`location`, e.g.
   `1-1.3:1.0` is port 3 of the hub on root port 1), which is stable across reboots
-  and re-enumeration, unlike `/dev/ttyACM*` numbers.
+  and re-enumeration, unlike `/dev/ttyACM*` numbers (`slot_names`).
 - A simulated rack (`--rack DIR` or env `BMC_RACK`): `DIR/slot1`, `DIR/slot2`, ...
   are links to the PTYs of `bmc-sim`; they are re-pointed when a BMC restarts.
 - `--port PATH`: that device, nothing else.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .errors import NoBmcFound
 
@@ -26,10 +26,12 @@ ENV_RACK = "BMC_RACK"
 # "VID:PID,VID:PID" (hex) in BMC_USB_IDS.
 USB_IDS: Tuple[Tuple[int, int], ...] = ((0x2E8A, 0x0005),)
 ENV_USB_IDS = "BMC_USB_IDS"
+ENV_HUB = "BMC_HUB"  # the backplane hub's USB path (`1-1.2`): slots are named below it
 USB_NAME = "racklet"
 
 _SLOT_RE = re.compile(r"^slot(\d+)$")
-_LOCATION_RE = re.compile(r"^(\d+)-([\d.]+)(?::[\d.]+)?$")
+_LOCATION_RE = re.compile(r"^(\d+)-(\d+(?:\.\d+)*)(?::[\d.]+)?$")
+_PORTS_RE = re.compile(r"^\d+(?:\.\d+)*$")
 
 
 class BmcPort:
@@ -119,41 +121,60 @@ def usb_ids() -> List[Tuple[int, int]]:
     return ids
 
 
-def slot_names(locations: Sequence[str]) -> List[str]:
-    """Slot names for USB port paths: `slotN` for port N of the (single) backplane hub.
+def slot_names(locations: Sequence[str], hub: Optional[str] = None) -> List[str]:
+    """Slot names for USB port paths (`bus-port.port...`), each made from its own path
+    and never from which other BMCs are there, so a slot keeps its name while BMCs
+    come and go (a BMC rebooting, one unplugged):
 
-    When the BMCs hang off more than one hub, the whole port path names the slot
-    (`slot1-1.3`), which is still stable.
+    - below `hub` (the backplane hub's path, `BMC_HUB`): `slot` and the ports below
+      it: `1-1.2.3` with hub `1-1.2` is `slot3`, `1-1.2.4.1` (behind a second hub
+      chip, as in most 7-port hubs) `slot4.1`;
+    - with no `hub`: the ports below the root port: `1-1.3` is `slot3`;
+    - anything else, and any name two BMCs would share (two backplanes), the whole
+      path: `slot1-1.3`; a location that is not a USB path: `usb-<location>`.
     """
-    parsed: List[Optional[Tuple[str, str, str]]] = []
+    hub = (hub or "").strip() or None
+    if hub is not None and _LOCATION_RE.match(hub) is None:
+        raise NoBmcFound(f"{ENV_HUB}: '{hub}' is not a USB hub path such as 1-1.2")
+    full: List[Optional[str]] = []
+    short: List[Optional[str]] = []
     for loc in locations:
         m = _LOCATION_RE.match(loc or "")
         if m is None:
-            parsed.append(None)
+            full.append(None)
+            short.append(None)
             continue
-        bus, chain = m.group(1), m.group(2)
-        parent, _, port = chain.rpartition(".")
-        parsed.append((f"{bus}-{parent}", port, f"{bus}-{chain}"))
-    parents = {p[0] for p in parsed if p is not None}
-    names = []
-    for loc, p in zip(locations, parsed):
-        if p is None:
-            names.append(f"usb-{loc}")
-        elif len(parents) == 1:
-            names.append(f"slot{p[1]}")
+        path = f"{m.group(1)}-{m.group(2)}"
+        full.append(path)
+        if hub is not None:
+            below = path[len(hub) + 1 :] if path.startswith(hub + ".") else None
         else:
-            names.append(f"slot{p[2]}")
+            below = m.group(2).partition(".")[2] or None
+        short.append(below)
+    taken: Dict[str, int] = {}
+    for b in short:
+        if b is not None:
+            taken[b] = taken.get(b, 0) + 1
+    names = []
+    for loc, whole, part in zip(locations, full, short):
+        if whole is None:
+            names.append(f"usb-{loc}")
+        elif part is not None and taken[part] == 1:
+            names.append(f"slot{part}")
+        else:
+            names.append(f"slot{whole}")
     return names
 
 
-def usb_ports() -> List[BmcPort]:
-    """BMCs on the USB bus, by vendor/product id, named by hub port."""
+def usb_ports(hub: Optional[str] = None) -> List[BmcPort]:
+    """BMCs on the USB bus, by vendor/product id, named by hub port (`slot_names`;
+    `hub`: the backplane hub's USB path, default `BMC_HUB`)."""
     from serial.tools import list_ports
 
     ids = set(usb_ids())
     infos = [i for i in list_ports.comports() if _is_bmc(i, ids)]
     infos.sort(key=lambda i: _location_key(i.location or ""))
-    names = slot_names([i.location or i.device for i in infos])
+    names = slot_names([i.location or i.device for i in infos], hub or os.environ.get(ENV_HUB))
     ports = []
     for info, name in zip(infos, names):
         ports.append(
@@ -235,7 +256,7 @@ def select(ports: Sequence[BmcPort], selectors: Sequence[str]) -> List[BmcPort]:
 
 
 def match(ports: Sequence[BmcPort], sel: str) -> Optional[BmcPort]:
-    want = f"slot{sel}" if sel.isdigit() else sel
+    want = f"slot{sel}" if _PORTS_RE.match(sel) else sel  # `3`, `4.1`: hub ports
     for p in ports:
         if p.name == want or p.serial == sel:
             return p

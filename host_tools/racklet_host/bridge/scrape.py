@@ -161,8 +161,10 @@ class Scraper:
         lister: Optional[Callable[[], List[discovery.BmcPort]]] = None,
         links: Optional[LinkManager] = None,
         link_class: Type[Link] = Link,
+        hub: Optional[str] = None,
     ) -> None:
         self.rack = rack
+        self.hub = hub  # the backplane hub's USB path: slots named below it (discovery)
         self.timeout = timeout
         self._lister = lister
         self.links = links or LinkManager()
@@ -184,7 +186,7 @@ class Scraper:
         try:
             if rack:
                 return discovery.rack_ports(rack)
-            return discovery.usb_ports()
+            return discovery.usb_ports(self.hub)
         except NoBmcFound:
             with self._lock:
                 self.discovery_errors += 1

@@ -1,6 +1,6 @@
 """`bmc-bridge`: an HTTP server that shows every BMC's metrics to Prometheus.
 
-    bmc-bridge [--rack DIR] [--listen HOST:PORT] [--timeout S] [--config FILE]
+    bmc-bridge [--rack DIR] [--listen HOST:PORT] [--timeout S] [--hub PATH] [--config FILE]
 
 Endpoints:
   /metrics               every BMC (labels `slot` and `serial` added) and the
@@ -13,7 +13,8 @@ OpenMetrics 1.0.0 goes to clients whose Accept header asks for it (Prometheus
 does), Prometheus text 0.0.4 to everyone else. The listen address is 127.0.0.1
 unless configured otherwise: metrics name every serial on the rack.
 
-The config file is INI with a `[bridge]` section: `listen`, `rack`, `timeout`.
+The config file is INI with a `[bridge]` section: `listen`, `rack`, `timeout`,
+`hub` (the backplane hub's USB path, as `BMC_HUB`: slots are named below it).
 Command-line flags win over the file.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import html
+import os
 import signal
 import sys
 import threading
@@ -30,6 +32,8 @@ from types import FrameType
 from typing import Any, Dict, Optional, Sequence, Tuple, Type
 from urllib.parse import parse_qs, urlsplit
 
+from .. import discovery
+from ..errors import NoBmcFound
 from . import expo
 from .scrape import DEFAULT_TIMEOUT, Scraper
 
@@ -72,7 +76,7 @@ def load_config(path: str) -> Dict[str, str]:
         raise ConfigError(f"config file {path}: {e}") from None
     if not parser.has_section("bridge"):
         raise ConfigError(f"config file {path}: no [bridge] section")
-    known = {"listen", "rack", "timeout"}
+    known = {"listen", "rack", "timeout", "hub"}
     values = dict(parser.items("bridge"))
     for key in values:
         if key not in known:
@@ -226,7 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"per-BMC scrape timeout in seconds (default {DEFAULT_TIMEOUT:g})",
     )
-    p.add_argument("--config", help="INI file with a [bridge] section: listen, rack, timeout")
+    p.add_argument(
+        "--hub",
+        help="the backplane hub's USB path (1-1.2): slots named by port below it "
+        "(default: $BMC_HUB, else below the root port)",
+    )
+    p.add_argument("--config", help="INI file with a [bridge] section: listen, rack, timeout, hub")
     return p
 
 
@@ -237,6 +246,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         listen = args.listen or conf.get("listen") or DEFAULT_LISTEN
         host, port = parse_listen(listen)
         rack = args.rack or conf.get("rack") or None
+        hub = args.hub or conf.get("hub") or os.environ.get(discovery.ENV_HUB) or None
+        if hub is not None:
+            try:
+                discovery.slot_names([], hub)
+            except NoBmcFound as e:
+                raise ConfigError(e.message.replace(discovery.ENV_HUB, "hub")) from None
         timeout = args.timeout
         if timeout is None:
             try:
@@ -248,7 +263,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"bmc-bridge: {e}", file=sys.stderr)
         return 2
-    scraper = Scraper(rack=rack, timeout=timeout)
+    scraper = Scraper(rack=rack, timeout=timeout, hub=hub)
     try:
         server = serve(host, port, scraper)
     except OSError as e:

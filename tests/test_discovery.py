@@ -1,0 +1,79 @@
+"""USB discovery: which ports are BMCs, and slot names that stay put while BMCs come and go."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+from typing import Any, List
+
+import pytest
+from racklet_host import discovery
+from racklet_host.errors import NoBmcFound
+
+# A backplane of 7 ports built, as most are, from two hub chips: ports 1-3 on the
+# first, ports 1-4 of the second behind the first's port 4.
+CASCADE = ["1-1.1:1.0", "1-1.2:1.0", "1-1.3:1.0", "1-1.4.1:1.0", "1-1.4.2:1.0", "1-1.4.3:1.0"]
+
+
+def test_each_slot_keeps_its_name_whichever_other_bmcs_are_there() -> None:
+    everyone = dict(zip(CASCADE, discovery.slot_names(CASCADE)))
+    assert list(everyone.values()) == ["slot1", "slot2", "slot3", "slot4.1", "slot4.2", "slot4.3"]
+    for k in range(1, len(CASCADE)):
+        for present in itertools.combinations(CASCADE, k):
+            names = discovery.slot_names(list(present))
+            assert names == [everyone[loc] for loc in present], present
+
+
+def test_names_below_the_configured_backplane_hub() -> None:
+    # a host whose own ports are behind an internal hub (a Raspberry Pi 4: 1-1 is
+    # its VL805): the backplane hub is on the host's port 2
+    locs = ["1-1.2.1:1.0", "1-1.2.3:1.0", "1-1.2.4.2:1.0", "1-1.3:1.0"]
+    assert discovery.slot_names(locs) == ["slot2.1", "slot2.3", "slot2.4.2", "slot3"]
+    assert discovery.slot_names(locs, "1-1.2") == [
+        "slot1",
+        "slot3",
+        "slot4.2",
+        "slot1-1.3",  # not below the backplane hub: its whole path
+    ]
+    assert discovery.slot_names(locs[1:2], "1-1.2") == ["slot3"]
+    with pytest.raises(NoBmcFound, match="BMC_HUB: 'hub1' is not a USB hub path"):
+        discovery.slot_names(locs, "hub1")
+
+
+def test_two_backplanes_that_share_port_numbers_are_named_by_whole_path() -> None:
+    locs = ["1-1.3:1.0", "1-2.3:1.0", "3-1.1:1.0", "1-4:1.0", "COM3"]
+    assert discovery.slot_names(locs) == ["slot1-1.3", "slot1-2.3", "slot1", "slot1-4", "usb-COM3"]
+
+
+def _info(device: str, location: str, product: str = "Racklet BMC", **kw: Any) -> Any:
+    fields = dict(vid=0x2E8A, pid=0x0005, manufacturer="Racklet", serial_number="E66" + location)
+    fields.update(kw)
+    return SimpleNamespace(device=device, location=location, product=product, **fields)
+
+
+def test_usb_ports_by_id_and_name_with_the_hub_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serial.tools import list_ports
+
+    infos: List[Any] = [
+        _info("/dev/ttyACM2", "1-1.2.4.1:1.0"),
+        _info("/dev/ttyACM0", "1-1.2.3:1.0"),
+        _info("/dev/ttyACM1", "1-1.2.1:1.0", manufacturer="MicroPython", product="Board"),
+        _info("/dev/ttyUSB0", "1-1.2.2:1.0", vid=0x0403, pid=0x6001),
+    ]
+    monkeypatch.setattr(list_ports, "comports", lambda: infos)
+    monkeypatch.setenv(discovery.ENV_HUB, "1-1.2")
+    ports = discovery.usb_ports()
+    assert [(p.name, p.path) for p in ports] == [
+        ("slot3", "/dev/ttyACM0"),
+        ("slot4.1", "/dev/ttyACM2"),
+    ]
+    assert discovery.match(ports, "4.1") is ports[1]
+    assert discovery.match(ports, "3") is ports[0]
+    assert discovery.match(ports, "E661-1.2.3:1.0") is ports[0]  # by serial
+    # re-enumerated under another tty: found again at its port
+    infos[1] = _info("/dev/ttyACM7", "1-1.2.3:1.0")
+    assert ports[0].resolve() == "/dev/ttyACM7"
+    monkeypatch.delenv(discovery.ENV_HUB)
+    assert [p.name for p in discovery.usb_ports()] == ["slot2.3", "slot2.4.1"]
