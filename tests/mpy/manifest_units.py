@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from bmc import codec, events, store
+from bmc import codec, errors, events, store
 from bmc.bootfiles import BootFiles
 from bmc.clock import ManualClock
 from bmc.dispatch import Request
@@ -40,6 +40,7 @@ class Req(Request):
         self.buf = bytearray(2048)
         self.out = bytearray()
         self.chunks = 0
+        self.whole = True  # every chunk so far ends at the end of a line
 
     def payload_view(self):
         return memoryview(self.buf)
@@ -47,6 +48,7 @@ class Req(Request):
     def send_prepared(self, kind, rid, n, pcrc=None):
         self.out.extend(self.buf[:n])
         self.chunks += 1
+        self.whole = self.whole and n > 0 and self.buf[n - 1] == 0x0A  # ends with a line
 
 
 def pi5_names():
@@ -119,6 +121,12 @@ def run(tmp):
     got = [json.loads(x) for x in bytes(req.out).decode().split("\n") if x]
     check(d["count"] == 32 and len(got) == 32 and req.chunks >= 2, (d, len(got), req.chunks))
     check([f["name"] for f in got] == names, got)
+    check(req.whole, "a listing line was cut between chunks")
+    try:
+        Req().line(b"x" * 2049)
+        check(False, "a line longer than a chunk was taken")
+    except errors.CmdError as e:
+        check(e.code == errors.INTERNAL, e.code)
     print("PASS listing (%d B in %d chunks; %d B allocated)" % (len(req.out), req.chunks, spent))
 
     bf = BootFiles(st, log, clock, inv)  # a BMC that restarted
