@@ -267,6 +267,10 @@ def test_inventory_pushed_and_shown(rack: Rack, admin: Path, trust: Dict[str, An
     assert inv["url"] == URL and inv["generation"] >= 1
     assert [k["fp"] for k in inv["keys"]] == fps
     assert [k["type"] for k in inv["keys"]] == ["ed25519", "ecdsa-p256"]
+    # and in its metrics, where a BMC that missed a push stands out
+    m = metrics(rack, 1)
+    assert m["bmc_inventory_generation"] == inv["generation"]
+    assert m["bmc_inventory_keys"] == 2
 
 
 def test_usb_boot_end_to_end(
@@ -289,6 +293,11 @@ def test_usb_boot_end_to_end(
         if name != "cmdline.txt":
             assert listed[name]["sha256"] == hashlib.sha256(data).hexdigest()
             assert listed[name]["size"] == len(data)
+    with BmcClient.open(rack.port(1)) as c:
+        gen = c.boot_manifest()["gen"]
+    m = metrics(rack, 1)
+    assert m["bmc_boot_manifest_generation"] == gen >= 1
+    assert m["bmc_boot_manifest_files"] == len(files)  # cmdline.txt given: counted
 
     sbc_off(rack, 1, admin)
     since = last_seq(rack, 1, admin)

@@ -192,6 +192,9 @@ class Renderer:
         self._power(out)
         self._sensors(out)
         self._link(out)
+        inv = getattr(self.app, "inventory", None)  # bmc.inventory
+        if inv is not None:
+            _inventory(inv, out)
         bf = getattr(self.app, "bootfiles", None)  # bmc.bootfiles: USB boot families
         if bf is not None:
             _boot(bf, out)
@@ -406,10 +409,23 @@ class Renderer:
             )
 
 
+def _inventory(inv, out):
+    """What the SBC boots with: the inventory's generation (0: never pushed; it grows
+    with every push to this BMC) and how many trust keys it holds."""
+    out.family("bmc_inventory_generation", "gauge", "Generation of the inventory URL and keys held")
+    out.sample("bmc_inventory_generation", inv.generation)
+    out.family("bmc_inventory_keys", "gauge", "Trust keys held for the SBC's bootstrap")
+    out.sample("bmc_inventory_keys", len(inv.rec.get("keys", ())))
+
+
 def _boot(bf, out):
     """The boot files and USB boot families of a `bmc.bootfiles.BootFiles`."""
     from bmc.bootfiles import STATES
 
+    out.family("bmc_boot_manifest_generation", "gauge", "Generation of the boot manifest held")
+    out.sample("bmc_boot_manifest_generation", bf.gen)
+    out.family("bmc_boot_manifest_files", "gauge", "Files the boot manifest lists, as given")
+    out.sample("bmc_boot_manifest_files", len(bf.rec["files"]))
     c = bf.counters
     out.family("bmc_boot_files_served", "counter", "Boot files vouched for and served")
     out.sample("bmc_boot_files_served_total", c["files_served"])
