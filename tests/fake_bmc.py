@@ -221,6 +221,8 @@ def _answer(msg: Dict[str, Any], serial: str) -> Dict[str, Any]:
             "ok": True,
             "data": {"serial": serial, "proto": codec.PROTO_VERSION, "board": "fake"},
         }
+    if msg.get("cmd") == "status":
+        return {"ok": True, "data": {"state": "Off"}}
     return {"ok": False, "error": "unknown_command", "message": "fake"}
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import pathlib
 from types import SimpleNamespace
 from typing import Any, List
 
 import pytest
-from racklet_host import discovery
+from racklet_host import cli, discovery
 from racklet_host.errors import NoBmcFound
+
+from tests.fake_bmc import Fakes
 
 # A backplane of 7 ports built, as most are, from two hub chips: ports 1-3 on the
 # first, ports 1-4 of the second behind the first's port 4.
@@ -77,3 +80,33 @@ def test_usb_ports_by_id_and_name_with_the_hub_from_the_environment(
     assert ports[0].resolve() == "/dev/ttyACM7"
     monkeypatch.delenv(discovery.ENV_HUB)
     assert [p.name for p in discovery.usb_ports()] == ["slot2.3", "slot2.4.1"]
+
+
+def test_bmcctl_lists_usb_bmcs_by_slot_with_their_location(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # stand-in BMCs on PTYs, listed as USB ports at hub paths
+    from serial.tools import list_ports
+
+    fakes = Fakes(tmp_path / "ptys")
+    fakes.rack.mkdir()
+    try:
+        fakes.start_many([1, 2])
+        infos = [
+            _info(str(fakes.rack / "slot2"), "1-1.2.4.1:1.0", serial_number="SERIAL02"),
+            _info(str(fakes.rack / "slot1"), "1-1.2.3:1.0", serial_number="SERIAL01"),
+        ]
+        monkeypatch.setattr(list_ports, "comports", lambda: infos)
+        monkeypatch.delenv(discovery.ENV_RACK, raising=False)
+        monkeypatch.setenv(discovery.ENV_HUB, "1-1.2")
+        capsys.readouterr()
+        assert cli.main(["list"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split()[:3] == ["TARGET", "PORT", "LOCATION"]
+        assert lines[1].split()[:3] == ["slot3", str(fakes.rack / "slot1"), "1-1.2.3:1.0"]
+        assert "SERIAL01" in lines[1]
+        assert lines[2].split()[0] == "slot4.1" and "SERIAL02" in lines[2] and "Off" in lines[2]
+        assert cli.main(["status", "4.1"]) == 0
+        assert "slot4.1" in capsys.readouterr().out
+    finally:
+        fakes.stop_all()

@@ -385,12 +385,21 @@ def cmd_list(args: argparse.Namespace) -> int:
         return {k: _fmt(d.get(k)) for k in ("serial", "board", "fw", "provisioned", "state")}
 
     if not args.json:
-        for r in rows:  # the port column is worth showing in a listing
+        # the port is worth showing in a listing, and on USB its location: the path
+        # the slot is named from (BMC_HUB)
+        usb = any("location" in r for r in rows)
+        for r in rows:
             if r.get("ok"):
-                r["data"] = {"port": r["port"], **r["data"]}
+                where = {"port": r["port"]}
+                if usb:
+                    where["location"] = r.get("location")
+                r["data"] = {**where, **r["data"]}
 
         def columns2(d: Dict[str, Any]) -> Dict[str, str]:
-            return {"port": _fmt(d.get("port")), **columns(d)}
+            where = {"port": _fmt(d.get("port"))}
+            if usb:
+                where["location"] = _fmt(d.get("location"))
+            return {**where, **columns(d)}
 
         return emit(args, rows, columns2)
     return emit(args, rows, columns)
