@@ -73,6 +73,7 @@ def test_usb_ports_by_id_and_name_with_the_hub_from_the_environment(
         ("slot4.1", "/dev/ttyACM2"),
     ]
     assert discovery.match(ports, "4.1") is ports[1]
+    assert (ports[0].slot_number, ports[1].slot_number) == (3, None)
     assert discovery.match(ports, "3") is ports[0]
     assert discovery.match(ports, "E661-1.2.3:1.0") is ports[0]  # by serial
     # re-enumerated under another tty: found again at its port

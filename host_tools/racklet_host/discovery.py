@@ -65,7 +65,9 @@ class BmcPort:
 
     @property
     def slot_number(self) -> Optional[int]:
-        m = re.search(r"(\d+)$", self.name)
+        """N of `slotN` (a simulated rack's slots, a port of the backplane hub); None
+        for `slot4.1`, a whole path, or any other name."""
+        m = _SLOT_RE.match(self.name)
         return int(m.group(1)) if m else None
 
     def __repr__(self) -> str:
