@@ -258,6 +258,65 @@ def test_a_boot_folder_given_whole(
         assert c.boot_manifest()["gen"] == got["gen"]
 
 
+def test_a_usbboot_folder_with_bootfiles_bin(
+    rack: Rack, admin: Path, work: Path, pushed: Dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # usbboot's folders (mass-storage-gadget64, recovery5) keep the boot firmware in
+    # bootfiles.bin, a tar with a folder per SoC; rpiboot serves DIR/2712/<name> first,
+    # then 2712/<name> from the tar, then DIR/<name>
+    import io
+    import tarfile
+
+    folder = work / "usbboot-msg"
+    (folder / "2712").mkdir(parents=True, exist_ok=True)
+    members = {
+        "2711/bootcode4.bin": b"pi4 second stage",
+        "2712/bootcode5.bin": b"pi5 second stage " * 100,
+        "2712/mcb.bin": b"memory controller",
+        "2712/memsys00.bin": b"sdram setup",
+        "2712/config.txt": b"from the tar\n",
+        "2712/bootmain": b"boot main",
+    }
+    with tarfile.open(folder / "bootfiles.bin", "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (folder / "boot.img").write_bytes(b"FAT image " * 300)
+    (folder / "config.txt").write_bytes(b"beside the tar\n")
+    (folder / "bootmain").write_bytes(b"beside the tar too\n")
+    (folder / "2712" / "config.txt").write_bytes(b"the overlay wins\n")
+    want = {
+        "bootcode5.bin": members["2712/bootcode5.bin"],
+        "mcb.bin": members["2712/mcb.bin"],
+        "memsys00.bin": members["2712/memsys00.bin"],
+        "bootmain": members["2712/bootmain"],
+        "config.txt": b"the overlay wins\n",
+        "boot.img": b"FAT image " * 300,
+    }
+    argv = ["boot", "manifest", "set", "slot1", "--cache", str(pushed["cache"])]
+    argv += ["--on-bmc-max", str(ON_BMC_MAX), "--dir", str(folder)]
+    with client(rack, admin) as c:
+        before = c.boot_manifest()
+    capsys.readouterr()
+    assert bmcctl(rack, admin, *argv) == 2  # which SoC's files: not guessed
+    assert "name the SBC's with --chip 2711 or 2712" in capsys.readouterr().err
+    assert bmcctl(rack, admin, *argv, "--chip", "2712") == 0
+    with client(rack, admin) as c:
+        got = c.boot_manifest()
+    listed = {f["name"]: (f["size"], f["sha256"]) for f in got["files"] if f["src"] != "gen"}
+    assert listed == {n: (len(d), hashlib.sha256(d).hexdigest()) for n, d in want.items()}
+    assert got["gen"] == before["gen"] + 1
+    # a bootfiles.bin that is not a tar: a usage error, nothing changed
+    (folder / "bootfiles.bin").write_bytes(b"not a tar archive")
+    assert bmcctl(rack, admin, *argv, "--chip", "2712") == 2
+    assert "is not a readable tar archive" in capsys.readouterr().err
+    with client(rack, admin) as c:
+        assert c.boot_manifest()["gen"] == got["gen"]
+    # the module's other tests go on from the 32-file manifest
+    assert bmcctl(rack, admin, *manifest_set_argv(work, PI5_FILES, pushed["cache"])) == 0
+
+
 def test_stale_expect_refused(rack: Rack, admin: Path, pushed: Dict[str, Any]) -> None:
     with client(rack, admin) as c:
         before = c.boot_manifest()

@@ -4,7 +4,7 @@ bmcctl inventory get [TARGET...|--all]
 bmcctl --key-file admin.key inventory set TARGET... --url URL --key FILE [--key FILE ...]
 bmcctl boot manifest get [TARGET...]
 bmcctl --key-file admin.key boot manifest set TARGET... [--file [NAME=]PATH ...] [--dir DIR ...]
-                                             [--on-bmc-max BYTES] [--cache DIR]
+                                             [--chip SOC] [--on-bmc-max BYTES] [--cache DIR]
 bmcctl boot status [TARGET...]
 bmcctl --key-file op.key boot usb SLOT [--cache DIR] [--usb-port 1-1.3 | --usb-sim SOCKET]
 bmcctl --key-file op.key boot serve SLOT ...
@@ -15,14 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
-from typing import Any, Callable, Dict, List, Tuple
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .client import BmcClient
 from .errors import BmcError, Conflict
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "racklet", "boot")
 ON_BMC_MAX = 64 * 1024  # files up to this size go to the BMC's flash by default
+BUNDLE = "bootfiles.bin"  # usbboot's tar of boot firmware, a folder per SoC
+BUNDLE_CHIPS = ("2710", "2711", "2712")
 
 
 def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -62,7 +66,13 @@ def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) ->
         default=[],
         metavar="DIR",
         help="every file under DIR (a boot folder), named by its path there "
-        "(overlays/dwc2.dtbo); names starting with '.' are left out",
+        "(overlays/dwc2.dtbo); names starting with '.' are left out. A usbboot "
+        "folder with bootfiles.bin gives its files for --chip, as rpiboot serves them",
+    )
+    ms.add_argument(
+        "--chip",
+        choices=BUNDLE_CHIPS,
+        help="the SBC's SoC, for a --dir with bootfiles.bin: 2711 (Pi 4, CM4), 2712 (Pi 5, CM5)",
     )
     ms.add_argument("--on-bmc-max", type=int, default=ON_BMC_MAX, metavar="BYTES")
     ms.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="host cache")
@@ -140,34 +150,103 @@ def parse_files(specs: List[str]) -> List[Tuple[str, str]]:
     return out
 
 
-def parse_dirs(dirs: List[str]) -> List[Tuple[str, str]]:
+def parse_dirs(
+    dirs: List[str], chip: Optional[str] = None, unpack_to: Optional[str] = None
+) -> List[Tuple[str, str]]:
     """Every regular file under each of `dirs` as (its path there, with '/', its path),
-    in name order; names starting with '.' (.DS_Store, ._* from macOS) left out."""
+    in name order; names starting with '.' (.DS_Store, ._* from macOS) left out.
+
+    A folder with usbboot's bootfiles.bin (a tar with a folder per SoC: 2711/, 2712/)
+    gives what rpiboot serves from it for `chip`: `DIR/<chip>/<name>` first, then
+    `<chip>/<name>` from the tar (unpacked into `unpack_to`), then `DIR/<name>`.
+    """
     from .cli import UsageError
 
     out: List[Tuple[str, str]] = []
-    for top in dirs:
+    for i, top in enumerate(dirs):
         if not os.path.isdir(top):
             raise UsageError(f"no such folder: {top}")
-        found = []
-        for here, subdirs, names in os.walk(top):
-            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            for n in names:
-                path = os.path.join(here, n)
-                if not n.startswith(".") and os.path.isfile(path):
-                    found.append(os.path.relpath(path, top).replace(os.sep, "/") + "=" + path)
-        out += parse_files(sorted(found))
+        bundle = os.path.join(top, BUNDLE)
+        if not os.path.isfile(bundle):
+            out += parse_files(sorted(f"{n}={p}" for n, p in _walk(top, ()).items()))
+            continue
+        if chip is None or unpack_to is None:
+            raise UsageError(
+                f"{top} has {BUNDLE}, boot firmware for several SoCs: "
+                "name the SBC's with --chip 2711 or 2712"
+            )
+        found = _walk(top, BUNDLE_CHIPS)
+        found.pop(BUNDLE, None)
+        found.update(_unpack(bundle, chip, os.path.join(unpack_to, str(i))))
+        found.update(_walk(os.path.join(top, chip), ()))
+        out += parse_files(sorted(f"{n}={p}" for n, p in found.items()))
     return out
 
 
-def manifest_files(file_specs: List[str], dirs: List[str]) -> List[Tuple[str, str]]:
+def _walk(top: str, skip: Tuple[str, ...]) -> Dict[str, str]:
+    """name -> path of every file under `top` (none if it is not there), leaving out
+    dotfiles and the top-level folders `skip`."""
+    found: Dict[str, str] = {}
+    for here, subdirs, names in os.walk(top):
+        at_top = os.path.samefile(here, top)
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and not (at_top and d in skip)]
+        for n in names:
+            path = os.path.join(here, n)
+            if not n.startswith(".") and os.path.isfile(path):
+                found[os.path.relpath(path, top).replace(os.sep, "/")] = path
+    return found
+
+
+def _unpack(bundle: str, chip: str, dest: str) -> Dict[str, str]:
+    """The files of `bundle`'s `<chip>/` folder, written under `dest`: name -> path.
+    Names are checked as the BMC checks them before anything is written."""
+    import tarfile
+
+    from bmc import errors as wire
+    from bmc.bootfiles import check_name
+
+    from .cli import UsageError
+
+    found: Dict[str, str] = {}
+    try:
+        with tarfile.open(bundle) as tar:
+            for m in tar.getmembers():
+                name = m.name[2:] if m.name.startswith("./") else m.name
+                if not m.isfile() or not name.startswith(chip + "/"):
+                    continue
+                name = name[len(chip) + 1 :]
+                try:
+                    check_name(name)
+                except wire.CmdError as e:
+                    raise UsageError(f"{bundle}: {e.message}") from None
+                f = tar.extractfile(m)
+                if f is None:
+                    continue
+                path = os.path.join(dest, *name.split("/"))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with f, open(path, "wb") as out:
+                    shutil.copyfileobj(f, out)
+                found[name] = path
+    except (tarfile.TarError, OSError) as e:
+        raise UsageError(f"{bundle} is not a readable tar archive: {e}") from None
+    if not found:
+        raise UsageError(f"{bundle} has no files for {chip}")
+    return found
+
+
+def manifest_files(
+    file_specs: List[str],
+    dirs: List[str],
+    chip: Optional[str] = None,
+    unpack_to: Optional[str] = None,
+) -> List[Tuple[str, str]]:
     """The files of `--file` and `--dir`, each name once and no more than the BMC holds:
     a usage error before anything is uploaded."""
     from bmc.bootfiles import MAX_FILES
 
     from .cli import UsageError
 
-    files = parse_files(file_specs) + parse_dirs(dirs)
+    files = parse_files(file_specs) + parse_dirs(dirs, chip, unpack_to)
     seen: Dict[str, str] = {}
     for name, path in files:
         if name in seen:
@@ -254,12 +333,13 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 key=False,
                 columns=manifest_columns,
             )
-        files = manifest_files(args.file, args.dir)
-        return cli.simple(
-            args,
-            lambda c: manifest_set(c, files, args.on_bmc_max, args.cache),
-            columns=summary_columns,
-        )
+        with tempfile.TemporaryDirectory(prefix="bmcctl-bootfiles-") as unpacked:
+            files = manifest_files(args.file, args.dir, args.chip, unpacked)
+            return cli.simple(
+                args,
+                lambda c: manifest_set(c, files, args.on_bmc_max, args.cache),
+                columns=summary_columns,
+            )
     if args.action == "status":
         return cli.simple(args, lambda c: c.call("boot-status", auth=False), key=False)
     return serve(args, start=args.action == "usb")
