@@ -29,7 +29,9 @@ Action = Callable[[BmcClient], Any]
 
 EPILOG = f"""\
 targets: slot names (slot3 or 3), serial numbers or port paths; several at once, or --all.
-  With no target, the only BMC found is used.
+  With no target, the only BMC found is used. On USB a slot is the BMC's port on the
+  backplane hub: set $BMC_HUB to the hub's path (`bmcctl list` shows LOCATION) when
+  it is not on a root port of this host (see the README).
 keys: only from --key-file F or ${ENV_KEY_FILE}; the file holds 64 hex digits and must
   have mode 0600. Never put a key on the command line.
 exit codes:
