@@ -108,7 +108,7 @@ def uploaded(bf, sha):
     is not a JSON list; such an upload (of no further use) is removed."""
     check_sha(sha, "files_sha256")
     path = bf.dir + "/" + sha + UPLOAD_SUFFIX
-    size = _size(path)
+    size = bf._stored_size(sha + UPLOAD_SUFFIX)
     if size < 0:
         _bad("no files list uploaded with sha256 %s: upload it whole first" % sha[:16])
     why = None
@@ -137,13 +137,6 @@ def uploaded(bf, sha):
     return files
 
 
-def _size(path):
-    try:
-        return os.stat(path)[6]
-    except OSError:
-        return -1
-
-
 def prune(bf):
     keep = [f[2] for f in bf.rec["files"] if f[3] == "bmc"]
     for n in os.listdir(bf.dir):
@@ -162,8 +155,9 @@ def put(bf, sha, size, offset, data, chunk_sha, manifest=False):
     check_sha(sha)
     _int(size, "size", 1, MANIFEST_UPLOAD_MAX if manifest else bf.max_file)
     _int(offset, "offset", 0, size)
-    path = bf.dir + "/" + sha + (UPLOAD_SUFFIX if manifest else "")
-    if _size(path) == size:
+    name = sha + UPLOAD_SUFFIX if manifest else sha
+    path = bf.dir + "/" + name
+    if bf._stored_size(name) == size:
         return {"received": size, "complete": True}
     up = bf._up
     if offset == 0:

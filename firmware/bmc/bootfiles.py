@@ -287,9 +287,10 @@ class BootFiles:
         self._admin("prune")
 
     # -- files on flash -------------------------------------------------------
-    def _stored_size(self, sha):
+    def _stored_size(self, name):
+        """Size of the file `name` (a digest, or with a suffix) in the boot folder; -1: none."""
         try:
-            return os.stat(self.dir + "/" + sha)[6]
+            return os.stat(self.dir + "/" + name)[6]
         except OSError:
             return -1
 
