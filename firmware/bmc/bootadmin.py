@@ -4,6 +4,7 @@ Loaded for one request and dropped after (`bmc.ondemand`); see bmc.bootfiles.
 """
 
 import binascii
+import gc
 import hashlib
 import json
 import os
@@ -49,7 +50,12 @@ def _int(v, what, lo, hi):
 def set_manifest(bf, files, expect=None, files_sha=None):
     """Replace the manifest with `files`, or with the files list uploaded as
     `<files_sha>.manifest` (`put(..., manifest=True)`): one validation, one atomic
-    save. Returns the summary (bmc.bootserve.summary)."""
+    save (`BootFiles.set_manifest` answers the summary).
+
+    The heap is at its busiest here (the old manifest, the list, the new entries),
+    and an open file needs a block of over 1 KB: the save's file is opened first,
+    and the new manifest is kept as read back from flash (`_compacted`).
+    """
     cur = bf.gen
     if expect is not None and expect != cur:
         raise errors.CmdError(
@@ -57,10 +63,48 @@ def set_manifest(bf, files, expect=None, files_sha=None):
             "boot manifest is at generation %d, not %s" % (cur, expect),
             {"gen": cur},
         )
-    if files_sha is not None:
-        files = uploaded(bf, files_sha)
+    try:
+        save = bf._store.saver(MANIFEST)
+    except OSError as e:
+        raise errors.CmdError(errors.STORAGE, "could not store the manifest: %s" % e)
+    try:
+        if files_sha is not None:
+            files = uploaded(bf, files_sha)
+        new = _entries(bf, files)
+    except BaseException:
+        save.abort()
+        raise
+    files = None
     if bf.state in ("waiting", "serving"):
         bf.events.add("warning", "boot_manifest_changed", "during a USB boot")
+    rec = {"gen": cur + 1, "files": new}
+    try:
+        save.write(rec)
+    except OSError as e:
+        raise errors.CmdError(errors.STORAGE, "could not store the manifest: %s" % e)
+    count = len(new)
+    bf.rec = _compacted(bf, rec)
+    new = rec = None
+    bf._gen_cache = None
+    prune(bf)
+    bf.events.add("config", "boot_manifest", "generation %d, %d file(s)" % (cur + 1, count))
+
+
+def _compacted(bf, rec):
+    """`rec`, just saved, as read back once the list it was made from is collected: the
+    entries that stay then fill the holes the list leaves, rather than sit between
+    them (a later file open needs a block of over 1 KB). `rec` itself if the read
+    fails or differs."""
+    gc.collect()
+    try:
+        m, problem = bf._store.load(MANIFEST, None)
+    except MemoryError:
+        return rec
+    return m if problem is None and m == rec else rec
+
+
+def _entries(bf, files):
+    """The manifest entries of a files list, each checked; CmdError on the first fault."""
     if not isinstance(files, list) or len(files) > MAX_FILES:
         _bad("files must be a list of at most %d entries" % MAX_FILES)
     new = []
@@ -88,17 +132,7 @@ def set_manifest(bf, files, expect=None, files_sha=None):
             )
         names.append(name)
         new.append([name, size, sha, src])
-    files = names = None  # the new entries share their strings; the request's objects can go
-    rec = {"gen": cur + 1, "files": new}
-    try:
-        bf._store.save(MANIFEST, rec)
-    except OSError as e:
-        raise errors.CmdError(errors.STORAGE, "could not store the manifest: %s" % e)
-    bf.rec = rec
-    bf._gen_cache = None
-    prune(bf)
-    bf.events.add("config", "boot_manifest", "generation %d, %d file(s)" % (cur + 1, len(new)))
-    return bf.summary()
+    return new
 
 
 def uploaded(bf, sha):
@@ -185,8 +219,7 @@ def put(bf, sha, size, offset, data, chunk_sha, manifest=False):
     if _hex(hashlib.sha256(raw).digest()) != chunk_sha:
         _bad("chunk digest mismatch at offset %d: resend it" % offset)
     try:
-        with open(bf._tmp, "ab") as fh:
-            fh.write(raw)
+        _append(bf._tmp, raw)
     except OSError as e:
         bf._up = None
         raise errors.CmdError(errors.STORAGE, "flash write failed: %s" % e)
@@ -207,6 +240,13 @@ def put(bf, sha, size, offset, data, chunk_sha, manifest=False):
     if count >= 0 and not manifest:
         save_crcs(bf, path, count, MAX_PAYLOAD)  # what streams send (bmc.bootfiles)
     return {"received": size, "complete": True}
+
+
+def _append(path, data):
+    # In a function of its own: a closed file object still takes its 1 KB cache until
+    # nothing refers to it, and `put` opens the file again (file_sha) right after.
+    with open(path, "ab") as fh:
+        fh.write(data)
 
 
 def file_sha(bf, path, crcs, step):

@@ -274,7 +274,8 @@ class BootFiles:
         return self._serve("status")
 
     def set_manifest(self, files, expect=None, files_sha=None):
-        return self._admin("set_manifest", files, expect, files_sha)
+        self._admin("set_manifest", files, expect, files_sha)
+        return self.summary()  # with bmc.bootadmin dropped: not both loaded at once
 
     def put(self, sha, size, offset, data, chunk_sha, manifest=False):
         return self._admin("put", sha, size, offset, data, chunk_sha, manifest)

@@ -49,14 +49,14 @@ class Store:
         """Write `value` as JSON (to a temp file, renamed over the old one). The text goes
         to the file as it is made, never whole in RAM: a record of a few KB (a boot
         manifest of 32 files) needs no block of its size on a fragmented heap."""
-        path = self.path(name)
-        tmp = path + ".tmp"
-        f = open(tmp, "w")
-        try:
-            json.dump(value, f)
-        finally:
-            f.close()
-        os.rename(tmp, path)
+        self.saver(name).write(value)
+
+    def saver(self, name):
+        """A save of `name` whose temp file is open now: `write(value)` finishes it,
+        `abort()` drops it. An open littlefs file takes a block of over 1 KB (its
+        cache); a caller about to build a large value opens it first, while the heap
+        still has such a block."""
+        return _Save(self.path(name))
 
     def remove(self, name, ext=".json"):
         try:
@@ -112,6 +112,29 @@ class Store:
 def _why(e):
     s = str(e)
     return type(e).__name__ + (" " + s if s else "")
+
+
+class _Save:
+    def __init__(self, path):
+        self._path = path
+        self._f = open(path + ".tmp", "w")
+
+    def write(self, value):
+        f, self._f = self._f, None
+        try:
+            json.dump(value, f)
+        finally:
+            f.close()
+        os.rename(self._path + ".tmp", self._path)
+
+    def abort(self):
+        f, self._f = self._f, None
+        if f is not None:
+            f.close()
+            try:
+                os.remove(self._path + ".tmp")
+            except OSError:
+                pass
 
 
 def _mkdirs(path):
