@@ -128,26 +128,37 @@ def inventory_set(c: BmcClient, url: str, keys: List[str]) -> Dict[str, Any]:
 
 
 def parse_files(specs: List[str]) -> List[Tuple[str, str]]:
-    """`[NAME=]PATH` specs; a name the BMC would refuse is a usage error before any
-    upload (the firmware's own check, bmc.bootfiles.check_name)."""
-    from bmc import errors as wire
-    from bmc.bootfiles import check_name
-
-    from .cli import UsageError
-
+    """`[NAME=]PATH` specs as (name, path)."""
     out = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = os.path.basename(spec), spec
-        try:
-            check_name(name)
-        except wire.CmdError as e:
-            raise UsageError(e.message) from None
-        if not os.path.isfile(path):
-            raise UsageError(f"no such file: {path}")
-        out.append((name, path))
+        out.append(_boot_file(name, path))
     return out
+
+
+def _checked_name(name: str, where: str = "") -> str:
+    """`name` if the BMC would take it (the firmware's own check,
+    bmc.bootfiles.check_name), else a usage error, before anything is uploaded."""
+    from bmc import errors as wire
+    from bmc.bootfiles import check_name
+
+    from .cli import UsageError
+
+    try:
+        return str(check_name(name))
+    except wire.CmdError as e:
+        raise UsageError(where + e.message) from None
+
+
+def _boot_file(name: str, path: str) -> Tuple[str, str]:
+    from .cli import UsageError
+
+    _checked_name(name)
+    if not os.path.isfile(path):
+        raise UsageError(f"no such file: {path}")
+    return name, path
 
 
 def parse_dirs(
@@ -168,7 +179,7 @@ def parse_dirs(
             raise UsageError(f"no such folder: {top}")
         bundle = os.path.join(top, BUNDLE)
         if not os.path.isfile(bundle):
-            out += parse_files(sorted(f"{n}={p}" for n, p in _walk(top, ()).items()))
+            out += [_boot_file(n, p) for n, p in sorted(_walk(top, ()).items())]
             continue
         if chip is None or unpack_to is None:
             raise UsageError(
@@ -179,7 +190,7 @@ def parse_dirs(
         found.pop(BUNDLE, None)
         found.update(_unpack(bundle, chip, os.path.join(unpack_to, str(i))))
         found.update(_walk(os.path.join(top, chip), ()))
-        out += parse_files(sorted(f"{n}={p}" for n, p in found.items()))
+        out += [_boot_file(n, p) for n, p in sorted(found.items())]
     return out
 
 
@@ -202,9 +213,6 @@ def _unpack(bundle: str, chip: str, dest: str) -> Dict[str, str]:
     Names are checked as the BMC checks them before anything is written."""
     import tarfile
 
-    from bmc import errors as wire
-    from bmc.bootfiles import check_name
-
     from .cli import UsageError
 
     found: Dict[str, str] = {}
@@ -214,11 +222,7 @@ def _unpack(bundle: str, chip: str, dest: str) -> Dict[str, str]:
                 name = m.name[2:] if m.name.startswith("./") else m.name
                 if not m.isfile() or not name.startswith(chip + "/"):
                     continue
-                name = name[len(chip) + 1 :]
-                try:
-                    check_name(name)
-                except wire.CmdError as e:
-                    raise UsageError(f"{bundle}: {e.message}") from None
+                name = _checked_name(name[len(chip) + 1 :], f"{bundle}: ")
                 f = tar.extractfile(m)
                 if f is None:
                     continue

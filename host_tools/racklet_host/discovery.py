@@ -123,6 +123,15 @@ def usb_ids() -> List[Tuple[int, int]]:
     return ids
 
 
+def check_hub(hub: Optional[str]) -> Optional[str]:
+    """A backplane hub's USB path (`1-1.2`) as given, None for none; NoBmcFound if it
+    is not one."""
+    hub = (hub or "").strip() or None
+    if hub is not None and _LOCATION_RE.match(hub) is None:
+        raise NoBmcFound(f"{ENV_HUB}: '{hub}' is not a USB hub path such as 1-1.2")
+    return hub
+
+
 def slot_names(locations: Sequence[str], hub: Optional[str] = None) -> List[str]:
     """Slot names for USB port paths (`bus-port.port...`), each made from its own path
     and never from which other BMCs are there, so a slot keeps its name while BMCs
@@ -135,9 +144,7 @@ def slot_names(locations: Sequence[str], hub: Optional[str] = None) -> List[str]
     - anything else, and any name two BMCs would share (two backplanes), the whole
       path: `slot1-1.3`; a location that is not a USB path: `usb-<location>`.
     """
-    hub = (hub or "").strip() or None
-    if hub is not None and _LOCATION_RE.match(hub) is None:
-        raise NoBmcFound(f"{ENV_HUB}: '{hub}' is not a USB hub path such as 1-1.2")
+    hub = check_hub(hub)
     full: List[Optional[str]] = []
     short: List[Optional[str]] = []
     for loc in locations:

@@ -247,11 +247,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         host, port = parse_listen(listen)
         rack = args.rack or conf.get("rack") or None
         hub = args.hub or conf.get("hub") or os.environ.get(discovery.ENV_HUB) or None
-        if hub is not None:
-            try:
-                discovery.slot_names([], hub)
-            except NoBmcFound as e:
-                raise ConfigError(e.message.replace(discovery.ENV_HUB, "hub")) from None
+        try:
+            hub = discovery.check_hub(hub)
+        except NoBmcFound as e:
+            raise ConfigError(e.message.replace(discovery.ENV_HUB, "hub")) from None
         timeout = args.timeout
         if timeout is None:
             try:
