@@ -58,6 +58,18 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+def provision_admins(rack: Rack, path: Path) -> None:
+    """Every slot given a new admin key, written to `path` (BOOTSEL held via the sim),
+    and no minimum off time, so the boots of a test can follow each other."""
+    key = write_new_key(str(path))
+    for slot in range(1, rack.boards + 1):
+        rack.bootsel(slot, seconds=2)
+        with BmcClient.open(rack.port(slot)) as c:
+            c.keys_provision("admin", key)
+        with BmcClient.open(rack.port(slot), key=key) as c:
+            c.config_set("min_off_ms", 0)
+
+
 @pytest.fixture(scope="module")
 def trust(work: Path) -> Dict[str, Any]:
     """Two real public keys as PEM files, with their raw bytes."""
@@ -84,13 +96,7 @@ def admin(rack: Rack, work: Path, trust: Dict[str, Any]) -> Path:
     """Every slot provisioned with one admin key (BOOTSEL held via the sim), its inventory
     pushed with bmcctl, and no minimum off time (so the boots here follow each other)."""
     path = work / "admin.key"
-    key = write_new_key(str(path))
-    for slot in range(1, rack.boards + 1):
-        rack.bootsel(slot, seconds=2)
-        with BmcClient.open(rack.port(slot)) as c:
-            c.keys_provision("admin", key)
-        with BmcClient.open(rack.port(slot), key=key) as c:
-            c.config_set("min_off_ms", 0)
+    provision_admins(rack, path)
     argv = ["--rack", str(rack.path), "--key-file", str(path), "inventory", "set", "--all"]
     argv += ["--url", URL]
     for f in trust["files"]:

@@ -23,10 +23,12 @@ from bmc import codec
 from racklet_host import cli
 from racklet_host.client import Args, BmcClient
 from racklet_host.errors import Conflict, Invalid
-from racklet_host.keys import load_key, write_new_key
+from racklet_host.keys import load_key
 from racklet_host.usbboot.relay import BmcSource, Cache
 from racklet_host.usbboot.simrom import SimBootRom
 from racklet_sim.rack import Rack
+
+from tests.test_boot_e2e import provision_admins
 
 BOARD = "pico-rpi5"
 PI5 = 0x2712
@@ -77,12 +79,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def admin(rack: Rack, work: Path) -> Path:
     """Slot 1 provisioned with an admin key (BOOTSEL held via the sim); no minimum off time."""
     path = work / "admin.key"
-    key = write_new_key(str(path))
-    rack.bootsel(1, seconds=2)
-    with BmcClient.open(rack.port(1)) as c:
-        c.keys_provision("admin", key)
-    with BmcClient.open(rack.port(1), key=key) as c:
-        c.config_set("min_off_ms", 0)
+    provision_admins(rack, path)
     return path
 
 

@@ -7,16 +7,12 @@ with the `cryptography` package (MicroPython cannot make them):
 """
 
 import binascii
-import hashlib
 import json
 
 from app_rig import Rig, hexkey, new_key
+from unit_rig import hx
 
 _n = [0]
-
-
-def hx(b):
-    return binascii.hexlify(hashlib.sha256(b).digest()).decode()
 
 
 def b64(b):

@@ -8,7 +8,6 @@ the heap holds the code under test and not a whole host rig. Prints PASS/FAIL.
 
 import binascii
 import gc
-import hashlib
 import json
 import os
 import sys
@@ -16,32 +15,8 @@ import sys
 from bmc import errors, events, store
 from bmc.bootfiles import BootFiles
 from bmc.clock import ManualClock
-from bmc.dispatch import Request
 from bmc.inventory import Inventory
-
-
-def hx(b):
-    return binascii.hexlify(hashlib.sha256(b).digest()).decode()
-
-
-class Req(Request):
-    """The firmware's Request, as its own frame writer: `out` holds the chunks' bytes."""
-
-    def __init__(self):
-        Request.__init__(self, self, 1, "boot-file-read", {}, "operator", None)
-        self.buf = bytearray(2048)
-        self.out = bytearray()
-        self.chunks = 0
-        self.stale = 0  # chunks sent with a CRC that does not match their bytes
-
-    def payload_view(self):
-        return memoryview(self.buf)
-
-    def send_prepared(self, kind, rid, n, pcrc=None):
-        if pcrc is not None and pcrc != binascii.crc32(self.buf[:n]) & 0xFFFFFFFF:
-            self.stale += 1
-        self.out.extend(self.buf[:n])
-        self.chunks += 1
+from unit_rig import Req, check, hx, main
 
 
 def sidecar(bf, sha):
@@ -88,12 +63,6 @@ class Counting:
 def restarted(bf):
     """The same flash seen by a BMC that restarted (nothing kept in RAM)."""
     return BootFiles(bf._store, bf.events, bf.clock, bf.inventory)
-
-
-def check(ok, what):
-    """An assert that stays when the harness is compiled with -O2 (which drops asserts)."""
-    if not ok:
-        raise AssertionError(what)
 
 
 def stream_alloc(bf, name, sha):
@@ -259,9 +228,4 @@ def run(tmp):
 
 
 if __name__ == "__main__":
-    try:
-        run(sys.argv[1])
-    except Exception as e:
-        print("FAIL", repr(e))
-        sys.print_exception(e)
-        sys.exit(1)
+    main(run)

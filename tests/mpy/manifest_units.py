@@ -10,45 +10,14 @@ figures (bytes live after a collection; what a call allocates, garbage included)
 
 import binascii
 import gc
-import hashlib
 import json
 import os
-import sys
 
 from bmc import codec, errors, events, store
 from bmc.bootfiles import BootFiles
 from bmc.clock import ManualClock
-from bmc.dispatch import Request
 from bmc.inventory import Inventory
-
-
-def hx(b):
-    return binascii.hexlify(hashlib.sha256(b).digest()).decode()
-
-
-def check(ok, what):
-    """An assert that stays when the harness is compiled with -O2 (which drops asserts)."""
-    if not ok:
-        raise AssertionError(what)
-
-
-class Req(Request):
-    """The firmware's Request, as its own frame writer: `out` holds the chunks' bytes."""
-
-    def __init__(self):
-        Request.__init__(self, self, 1, "boot-manifest-get", {}, "public", None)
-        self.buf = bytearray(2048)
-        self.out = bytearray()
-        self.chunks = 0
-        self.whole = True  # every chunk so far ends at the end of a line
-
-    def payload_view(self):
-        return memoryview(self.buf)
-
-    def send_prepared(self, kind, rid, n, pcrc=None):
-        self.out.extend(self.buf[:n])
-        self.chunks += 1
-        self.whole = self.whole and n > 0 and self.buf[n - 1] == 0x0A  # ends with a line
+from unit_rig import Req, check, hx, main
 
 
 def pi5_names():
@@ -135,9 +104,4 @@ def run(tmp):
 
 
 if __name__ == "__main__":
-    try:
-        run(sys.argv[1])
-    except Exception as e:
-        print("FAIL", repr(e))
-        sys.print_exception(e)
-        sys.exit(1)
+    main(run)
