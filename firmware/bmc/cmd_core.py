@@ -3,6 +3,7 @@ identify, boot-file-read (a USB boot reads file after file; the stream itself is
 `BootFiles.stream`). The others are loaded per request (see bmc.commands)."""
 
 from bmc import VERSION, codec, errors
+from bmc.auth import NONCE_TTL_MS
 from bmc.dispatch import OPERATOR, PUBLIC, arg
 
 MAX_IDENTIFY_S = 3600
@@ -30,8 +31,6 @@ def register(app):
         }
 
     def nonce(req):
-        from bmc.auth import NONCE_TTL_MS
-
         return {"nonce": app.auth.issue_nonce(), "ttl_ms": NONCE_TTL_MS}
 
     def status(req):
