@@ -112,6 +112,7 @@ class Dispatcher:
                 self._handle(frame)
             except codec.LinkStalled:
                 self._count("link_stalled")  # the host went away mid-answer
+            self._req.args = None  # an upload's data must not stay live until the next request
         reader.expire(now, self._ticks_diff)
 
     def _count(self, label):
@@ -174,7 +175,6 @@ class Dispatcher:
                 data = entry[1](req)
             else:
                 data = ondemand.call(entry[1], entry[2], self.app, req)
-            req.args = None  # an upload's data must not stay live until the next request
             self._count("ok")
             if data is None:
                 data = {}
@@ -183,7 +183,6 @@ class Dispatcher:
             else:
                 self._reply(rid, {"ok": True, "data": data})
         except errors.CmdError as e:
-            self._req.args = None
             self._count(e.code)
             out = {"ok": False, "error": e.code, "message": e.message}
             if e.data is not None:
@@ -192,14 +191,12 @@ class Dispatcher:
                 out["nonce"] = self.auth.issue_nonce()
             self._reply(rid, out)
         except MemoryError:
-            self._req.args = None
             gc.collect()
             self._count(errors.INTERNAL)
             self._reply(rid, {"ok": False, "error": errors.INTERNAL, "message": "out of memory"})
         except codec.LinkStalled:
             raise
         except Exception as e:  # a handler bug must not take the BMC down
-            self._req.args = None
             self._count(errors.INTERNAL)
             self._reply(rid, {"ok": False, "error": errors.INTERNAL, "message": repr(e)[:200]})
 
