@@ -31,7 +31,7 @@ from bmc.compat import const
 WDT_MS = const(5000)
 _MAX_WAIT_MS = const(100)
 _GC_EVERY = const(12288)
-_BUSY_FRAMES = const(4)  # requests answered back to back before flash writes and a collection
+_BUSY_FRAMES = const(3)  # requests answered back to back before flash writes and a collection
 _FAILING_LOOPS = const(3)  # loops in a row that raise before the watchdog is starved
 BOARD_FILE = "/board.json"
 
