@@ -67,6 +67,9 @@ PER_CHUNK = {
         "FrameReader.next_frame",
     ],
     "bmc.dispatch": ["Request.line", "Request.chunk_prepared", "Request.chunk"],
+    # the links' writes (a frame each), on the board and in the simulator
+    "bmc.board.rp2": ["_Link.write"],
+    "bmc.board.sim": ["_Link.write"],
 }
 
 

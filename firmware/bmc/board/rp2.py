@@ -186,13 +186,18 @@ class _Link:
         return self._cdc.readinto(buf)
 
     def write(self, buf):
+        # Called once per frame of a stream: kept small, so that MicroPython keeps its
+        # frame on the C stack (a larger one is allocated on the heap at every call).
+        k = self._cdc.write(buf)
+        if k == len(buf):
+            return k
+        return self._rest(buf, k or 0)
+
+    def _rest(self, buf, done):
+        """Finish a write the CDC took only part of (its buffer is full)."""
         cdc = self._cdc
         n = len(buf)
-        k = cdc.write(buf)
-        if k == n:
-            return n
         mv = memoryview(buf)
-        done = k or 0
         start = ticks_ms()
         while done < n:
             if not cdc.is_open() or ticks_diff(ticks_ms(), start) > LINK_WRITE_TIMEOUT_MS:

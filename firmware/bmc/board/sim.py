@@ -187,10 +187,18 @@ class _Link:
             return None  # EAGAIN, or EIO while no host side is open
 
     def write(self, buf):
+        # Called once per frame of a stream: kept small, so that MicroPython keeps its
+        # frame on the C stack (a larger one, a `try` here included, is allocated on the
+        # heap at every call). A full PTY makes write() return None (EAGAIN); a PTY
+        # master's writes do not fail otherwise, the host side closed or not.
+        k = self._out.write(buf)
+        if k == len(buf):
+            return k
+        return self._rest(buf, k or 0)
+
+    def _rest(self, buf, done):
+        """Finish a write the PTY took only part of: wait for room, a bounded time."""
         n = len(buf)
-        done = self._write(buf)
-        if done == n:
-            return n
         mv = memoryview(buf)
         deadline = ticks_add(ticks_ms(), LINK_WRITE_TIMEOUT_MS)
         while done < n:
@@ -199,15 +207,8 @@ class _Link:
                 break  # the host does not read: give up with a short count
             for _ in self._wpoll.ipoll(left):
                 pass
-            done += self._write(mv[done:])
+            done += self._out.write(mv[done:]) or 0
         return done
-
-    def _write(self, data):
-        try:
-            k = self._out.write(data)
-        except OSError:
-            return 0
-        return k or 0
 
 
 def _hex(data):
