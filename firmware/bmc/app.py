@@ -55,6 +55,7 @@ class App:
         self.reboot_pending = False
         self.loop_errors = 0
         self.reset_hooks = []  # called by a factory reset, after keys and config
+        self._status = None  # the status reply's dict, refilled (status)
         self.tick_hooks = []  # called every loop pass (deadlines of command modules)
         self.defn = None
         self.config = None
@@ -133,7 +134,12 @@ class App:
         self.power_action("On" if st == "Off" else "PowerCycle", "usb_boot")
 
     def status(self):
-        st = self.power.status() if self.power else {"state": "Unknown"}
+        """The status reply's data: one dict refilled for every call (see
+        PowerController.status), so a caller must not keep it past its reply."""
+        if self.power is None:
+            st = {"state": "Unknown"}
+        else:
+            st = self._status = self.power.status(self._status)
         a = self.auth
         st["uptime_ms"] = self.clock.uptime_ms()
         st["boot_count"] = self.persist.boot_count

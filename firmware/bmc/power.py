@@ -570,30 +570,27 @@ class PowerController:
 
     # ---- read-out --------------------------------------------------------
 
-    def status(self):
+    def status(self, st=None):
+        """The power state as a dict. `st`, a dict this filled before, is refilled in
+        place, its rail dicts too: a status reply allocates no new ones (a dict grown
+        key by key reallocates its table as it grows)."""
         lines = self._lines
-        rails = []
-        for i in range(self._n):
+        if st is None:
+            st = {"rails": [{} for _ in range(self._n)]}
+        for i, r in enumerate(st["rails"]):
             en = lines.enables[i]
-            rails.append(
-                {
-                    "name": self._names[i],
-                    "enable": en.get() if en is not None else None,
-                    "pgood": lines.pgoods[i].get(),
-                }
-            )
-        now = self._clock.ticks_ms()
-        return {
-            "state": self.state,
-            "phase": self._phase,
-            "last_change": self.last_change,
-            "since_ms": self._clock.ticks_diff(now, self.last_change),
-            "cause": self.cause,
-            "fault": self.fault,
-            "fault_cause": self.fault_cause,
-            "rails": rails,
-            "halted": lines.halted.get(),
-            "restore_policy": self.config.value("restore_policy"),
-            "boot_mode": self.boot_mode,
-            "pending_on": self._pending_on,
-        }
+            r["name"] = self._names[i]
+            r["enable"] = en.get() if en is not None else None
+            r["pgood"] = lines.pgoods[i].get()
+        st["state"] = self.state
+        st["phase"] = self._phase
+        st["last_change"] = self.last_change
+        st["since_ms"] = self._clock.ticks_diff(self._clock.ticks_ms(), self.last_change)
+        st["cause"] = self.cause
+        st["fault"] = self.fault
+        st["fault_cause"] = self.fault_cause
+        st["halted"] = lines.halted.get()
+        st["restore_policy"] = self.config.value("restore_policy")
+        st["boot_mode"] = self.boot_mode
+        st["pending_on"] = self._pending_on
+        return st
