@@ -147,6 +147,7 @@ class BootFiles:
         self.session_files = 0
         self.session_missing = 0
         self.heap_peak = 0  # heap allocated at its highest during the last stream (bootserve)
+        self._peak_due = -1  # a stream ended: its high-water mark is sampled after its reply
         self.power = None  # set by cmd_boot: needs set_boot_mode() and an action runner
         self.power_action = self._no_power  # cmd_boot: power-cycles the SBC
         self.mux = None  # a bmc.lines Line (role usb_mux) or None
@@ -247,22 +248,30 @@ class BootFiles:
         return crcs[count] == binascii.crc32(memoryview(crcs)[:count], step) & 0xFFFFFFFF
 
     def streamed(self, e, sent, peak):
-        """Bookkeeping after a stream of entry `e`: heap high-water, counters, size check.
+        """Bookkeeping after a stream of entry `e`: counters, size check, and the heap
+        high-water mark, sampled once the reply is out (`sample_peak`).
 
-        The high-water mark is sampled here, at the end: what the stream allocated
-        (the open file, its buffers) is still counted, as nothing was collected
-        since, and the chunk loop allocates next to nothing (a full chunk frame is
-        written from the writer's own buffer); only a collection during the stream
-        (the link's own allocations) would hide a higher point. mem_alloc() scans
-        the heap's block table: sampling every few chunks cost more than the
-        chunks' frames."""
-        self.heap_peak = max(peak, mem_alloc())
+        The mark is sampled after the stream: what it allocated (the open file, its
+        buffers) is still counted, as nothing was collected since, and the chunk loop
+        allocates next to nothing (a full chunk frame is written from the writer's
+        own buffer); only a collection during the stream (the link's own
+        allocations) would hide a higher point. mem_alloc() scans the heap's block
+        table (tens of microseconds in the simulator): sampling every few chunks
+        cost more than the chunks' frames, and the sample waits for the loop pass's
+        tick, after the reply, so a relay's next request is not held up by it."""
+        self._peak_due = peak
         self.counters["bytes_streamed"] += sent
         if sent != e[1]:
             raise errors.CmdError(
                 errors.STORAGE, "%s on flash is %d bytes, manifest says %d" % (e[0], sent, e[1])
             )
         return {"name": e[0], "size": sent, "sha256": e[2]}
+
+    def sample_peak(self):
+        """Take the high-water mark of the stream that ended last, if not yet taken."""
+        if self._peak_due >= 0:
+            self.heap_peak = max(self._peak_due, mem_alloc())
+            self._peak_due = -1
 
     def report(self, event, name, sha, gen, detail):
         return self._serve("report", event, name, sha, gen, detail)
@@ -320,6 +329,7 @@ class BootFiles:
         self.detail = detail
 
     def tick(self):
+        self.sample_peak()
         if self.state in ("waiting", "serving"):
             if self.clock.ticks_diff(self.clock.ticks_ms(), self.deadline) >= 0:
                 self.counters["boots_timed_out"] += 1

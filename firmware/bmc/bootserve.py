@@ -118,7 +118,7 @@ def stream(bf, name, gen, sha, req):
 
     The heap's high-water mark while streaming (bytes allocated, garbage not yet
     collected included) is kept in `bf.heap_peak` for boot-status: sampled
-    here and at the end (`BootFiles.streamed`). Stored files go out through
+    here and after the reply (`BootFiles.streamed`). Stored files go out through
     the resident `BootFiles.send_stored`, which `BootFiles.stream` calls itself
     when the request is plainly good.
     """
@@ -229,6 +229,7 @@ def status(bf):
         st["left_ms"] = bf.ms_to_next()
         st["files"] = bf.session_files
     st["counters"] = dict(bf.counters)
+    bf.sample_peak()  # a stream answered in this same pass has not been sampled yet
     st["heap_peak"] = bf.heap_peak
     st["heap_size"] = mem_alloc() + mem_free()
     return st
