@@ -232,6 +232,8 @@ class FakeUsbDevice:
 
 class FakePoll:
     registered: List[Any] = []
+    events: List[Any] = []  # what the next ipoll() reports: (object, event) pairs
+    waits: List[Any] = []  # ("ipoll" | "poll", timeout, objects registered then)
 
     def register(self, obj: Any, eventmask: int = 5) -> None:
         if not hasattr(obj, "ioctl"):
@@ -239,10 +241,16 @@ class FakePoll:
         FakePoll.registered.append(obj)
 
     def unregister(self, obj: Any) -> None:
-        pass
+        FakePoll.registered.remove(obj)
 
     def poll(self, timeout: int = -1) -> List[Any]:
+        FakePoll.waits.append(("poll", timeout, list(FakePoll.registered)))
         return []
+
+    def ipoll(self, timeout: int = -1) -> Iterator[Any]:
+        FakePoll.waits.append(("ipoll", timeout, list(FakePoll.registered)))
+        events, FakePoll.events = FakePoll.events, []
+        return iter(events)
 
 
 @pytest.fixture
@@ -251,6 +259,8 @@ def hw(monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, Any]]:
     FakePin.made = []
     FakeUART.made = []
     FakePoll.registered = []
+    FakePoll.events = []
+    FakePoll.waits = []
     mem: Dict[int, int] = collections.defaultdict(int)  # RAM registers read 0 at power-on
     state: Dict[str, Any] = {"cause": 1, "bootsel": [0], "resets": 0, "ticks": 300, "slept": 0}
     machine = types.ModuleType("machine")
@@ -375,6 +385,27 @@ def test_production_mode_has_only_the_firmware_interface(hw: Dict[str, Any]) -> 
     assert (kw["id_vendor"], kw["id_product"]) == (0x2E8A, 0x0005)
     board = rp2.Board()
     assert board.link is not None and itfs[0] in FakePoll.registered
+
+
+def test_wait_sleeps_on_usb_and_the_console_and_backs_off_without_a_host(
+    hw: Dict[str, Any],
+) -> None:
+    rp2 = hw["rp2"]
+    rp2.start_usb(False)
+    board = rp2.Board()
+    cdc = hw["usb"].inits[-1][0][0]
+    board.wait(0)
+    assert FakePoll.waits == []  # nothing to wait for: no poll at all
+    FakePoll.events = [(cdc, 1)]  # a request came
+    board.wait(100)
+    assert FakePoll.waits == [("ipoll", 100, [cdc])]
+    # No host on the bus: the CDC hangs up at once; the pass waits on the rest (not
+    # on the CDC) for a bounded time instead of spinning, then watches USB again.
+    FakePoll.waits = []
+    FakePoll.events = [(cdc, 16)]
+    board.wait(100)
+    assert FakePoll.waits == [("ipoll", 100, [cdc]), ("poll", 50, [])]
+    assert FakePoll.registered == [cdc]
 
 
 def test_maintenance_mode_leaves_usb_to_the_repl(hw: Dict[str, Any]) -> None:

@@ -171,13 +171,16 @@ class App:
 
     # -- the loop ----------------------------------------------------------
     def step(self):
+        # Run for every pass: few locals, no `for` (its iterator takes four words),
+        # so that MicroPython keeps this frame on the C stack, not on the heap.
         timeout = self.indicators.ms_to_next()
         if self.power is not None:
             timeout = min(timeout, self.power.ms_to_next_deadline())
-        self.board.wait(max(0, min(timeout, _MAX_WAIT_MS)))
+        if timeout > _MAX_WAIT_MS:
+            timeout = _MAX_WAIT_MS
+        self.board.wait(timeout if timeout > 0 else 0)
         self.clock.uptime_ms()
-        reader = self.dispatch.reader
-        before = reader.frames
+        before = self.dispatch.reader.frames
         self.dispatch.poll()
         if self.reboot_pending:
             self.events.add("bmc", "reboot", "")
@@ -185,8 +188,10 @@ class App:
             self.board.reboot()
         if self.power is not None:
             self.power.tick()
-        for hook in self.tick_hooks:
-            hook()
+        i = 0
+        while i < len(self.tick_hooks):
+            self.tick_hooks[i]()
+            i += 1
         self.console.poll()
         self.indicators.tick(self.power.state if self.power else "Fault")
         # Flash writes and the collection of answered requests' garbage wait for
@@ -194,7 +199,7 @@ class App:
         # pass that answered, they hold up the request that may already be on
         # its way, and the allocation threshold, left to strike, does so inside
         # a request. Requests back to back get them after every few.
-        frames = reader.frames
+        frames = self.dispatch.reader.frames
         if frames == before or frames - self._quiet_frames >= _BUSY_FRAMES:
             self._quiet_frames = frames
             self.flush()

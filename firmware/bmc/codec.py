@@ -141,23 +141,27 @@ class FrameReader:
             return 0
         if not KIND_REQUEST <= buf[2] <= KIND_CHUNK:
             return -1
-        length = buf[6] | (buf[7] << 8)
-        if length > self.max_payload:
+        total = HEADER + (buf[6] | (buf[7] << 8)) + TRAILER
+        if total > self.max_payload + HEADER + TRAILER:
             self.oversize += 1
             return -1
-        total = HEADER + length + TRAILER
         if n < total:
             return 0
-        mv = self.mv
-        crc = binascii.crc32(mv[2:HEADER], binascii.crc32(mv[HEADER : HEADER + length]))
-        want = struct.unpack_from("<I", buf, HEADER + length)[0]
-        if crc & 0xFFFFFFFF != want:
-            if buf[3] == _V1 and binascii.crc32(mv[2 : HEADER + length]) & 0xFFFFFFFF == want:
-                self.old_version += 1
-            else:
-                self.bad_crc += 1
-            return -1
-        return total
+        return total if self._crc_ok(total - TRAILER) else -1
+
+    def _crc_ok(self, end):
+        """True when the CRC after the payload (which ends at `end`) checks; a
+        failure is counted. Apart from _front, so that both frames stay on the C stack."""
+        crc = binascii.crc32(self.mv[HEADER:end])
+        crc = binascii.crc32(self.mv[2:HEADER], crc) & 0xFFFFFFFF
+        want = struct.unpack_from("<I", self.buf, end)[0]
+        if crc == want:
+            return True
+        if self.buf[3] == _V1 and binascii.crc32(self.mv[2:end]) & 0xFFFFFFFF == want:
+            self.old_version += 1
+        else:
+            self.bad_crc += 1
+        return False
 
     def next_frame(self):
         self._compact()
@@ -217,6 +221,7 @@ try:
     _STAGED = True  # MicroPython: an empty stream with room for that many bytes
 except TypeError:  # CPython: wants initial bytes; json.dumps serves
     _STAGED = False
+_MPY = _STAGED  # what told them apart
 
 
 class FrameWriter:
@@ -282,41 +287,49 @@ class FrameWriter:
         the heap has no room for its text the reply is encoded piecewise straight
         into the frame buffer (a Python sink, ten times slower).
         """
-        if _STAGED:
-            n = -1
-            stage = self._stage
-            try:
-                if stage is None:
-                    stage = self._stage = io.BytesIO(_STAGE)
-                stage.seek(0)
-                json.dump(obj, stage)
-                n = stage.tell()
-                if n <= self.max_payload:
-                    stage.seek(0)
-                    stage.readinto(self._sink.view)
-            except MemoryError:
-                n = -1
-            if n < 0 or n > _STAGE:
-                self._stage = stage = None
-            if n > self.max_payload:
-                raise PayloadFull("message larger than one frame")
-            if n >= 0:
-                self.send_prepared(kind, req_id, n)
-                return
+        n = self._staged(obj) if _STAGED else -1
+        if 0 <= n <= self.max_payload:
+            self._stage.seek(0)
+            self._stage.readinto(self._sink.view)
+        if n > _STAGE:
+            self._stage = None  # grown by a long text: a fresh one next time
+        if n > self.max_payload:
+            raise PayloadFull("message larger than one frame")
+        if n < 0:
+            n = self._unstaged(obj)
+        self.send_prepared(kind, req_id, n)
+
+    def _staged(self, obj):
+        """Encode `obj` into the stage: its length, or -1 when the heap had no room.
+        Run for every reply: no locals but its arguments, so that MicroPython keeps
+        its frame (a `try` takes six words) on the C stack."""
+        try:
+            if self._stage is None:
+                self._stage = io.BytesIO(_STAGE)
+            self._stage.seek(0)
+            json.dump(obj, self._stage)
+        except MemoryError:
+            self._stage = None
+            return -1
+        return self._stage.tell()
+
+    def _unstaged(self, obj):
+        """Encode `obj` into the frame buffer without the stage; its length."""
         try:
             text = json.dumps(obj)
         except MemoryError:
             text = None
         if text is not None:
             data = _utf8(text)
-            if len(data) > self.max_payload:
+            n = len(data)
+            if n > self.max_payload:
                 raise PayloadFull("message larger than one frame")
-            self.send(kind, req_id, data)
-            return
+            self.mv[HEADER : HEADER + n] = data
+            return n
         sink = self._sink
         sink.n = 0
         json.dump(obj, sink)
-        self.send_prepared(kind, req_id, sink.n)
+        return sink.n
 
     def send(self, kind, req_id, payload):
         n = len(payload)
@@ -350,11 +363,10 @@ def dumps(obj):
 
 def loads(payload):
     """Parse a JSON message; ValueError on anything that is not a JSON object."""
+    # One `try`, so that MicroPython keeps this frame on the C stack (run per request).
     try:
-        try:
-            obj = json.loads(payload)  # MicroPython parses a memoryview in place
-        except TypeError:  # CPython wants bytes
-            obj = json.loads(bytes(payload))
+        # MicroPython parses a memoryview in place; CPython wants bytes
+        obj = json.loads(payload if _MPY else bytes(payload))
     except MemoryError:
         raise
     except Exception:  # MicroPython raises ValueError, CPython also UnicodeDecodeError

@@ -16,9 +16,14 @@ class Console:
 
     def poll(self):
         """Move what the UART holds into the ring; returns bytes moved."""
+        # Run every pass: the usual case (nothing came) in a frame MicroPython keeps
+        # on the C stack; the copy's larger one goes on the heap only when bytes came.
         uart = self.uart
-        if uart is None:
+        if uart is None or not uart.any():
             return 0
+        return self._drain(uart)
+
+    def _drain(self, uart):
         moved = 0
         size = self.size
         # Ask for no more than the UART holds: rp2's readinto waits for further bytes

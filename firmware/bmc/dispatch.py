@@ -23,6 +23,7 @@ ADMIN = "admin"
 ROLE_RANK = {PUBLIC: 0, OPERATOR: 1, ADMIN: 2}
 
 _MAX_RESULTS = const(24)  # bound on distinct result labels counted
+_TOO_LARGE = {"ok": False, "error": errors.INTERNAL, "message": "response too large"}
 
 
 class Request:
@@ -95,6 +96,10 @@ class Dispatcher:
 
     def poll(self):
         """Read what the link has and answer every complete request."""
+        # Run for every request: kept to few locals and no `try` (six words), so that
+        # MicroPython keeps its frame on the C stack (a frame of more than 11 words is
+        # allocated on the heap at every call: slow in a fragmented heap). _handle
+        # cannot be; it catches what a request raises, and sends the response itself.
         reader = self.reader
         now = self.clock.ticks_ms()
         while True:
@@ -108,10 +113,7 @@ class Dispatcher:
             frame = reader.next_frame()
             if frame is None:
                 break
-            try:
-                self._handle(frame)
-            except codec.LinkStalled:
-                self._count("link_stalled")  # the host went away mid-answer
+            self._handle(frame)
             self._req.args = None  # an upload's data must not stay live until the next request
         reader.expire(now, self._ticks_diff)
 
@@ -120,22 +122,14 @@ class Dispatcher:
         if label in r or len(r) < _MAX_RESULTS:
             r[label] = r.get(label, 0) + 1
 
-    def _reply(self, rid, obj):
-        try:
-            self.writer.send_json(codec.KIND_RESPONSE, rid, obj)
-        except codec.PayloadFull:
-            self.writer.send_json(
-                codec.KIND_RESPONSE,
-                rid,
-                {"ok": False, "error": errors.INTERNAL, "message": "response too large"},
-            )
-
     def _handle(self, frame):
         kind, version, rid, payload = frame
         signed = False  # a signed request's reply carries the next nonce (one round trip each)
         if kind != codec.KIND_REQUEST:
             self._count("ignored")
             return
+        req = self._req
+        req.rid = rid
         try:
             if version != codec.PROTO_VERSION:
                 raise errors.CmdError(
@@ -160,8 +154,6 @@ class Dispatcher:
                 raise errors.CmdError(errors.UNKNOWN_COMMAND, "unknown command: %s" % cmd[:40])
             auth = msg.get("auth")
             signed = auth is not None
-            req = self._req
-            req.rid = rid
             req.cmd = cmd
             req.args = args
             req._view = None
@@ -179,9 +171,9 @@ class Dispatcher:
             if data is None:
                 data = {}
             if signed:
-                self._reply(rid, {"ok": True, "data": data, "nonce": self.auth.issue_nonce()})
+                out = {"ok": True, "data": data, "nonce": self.auth.issue_nonce()}
             else:
-                self._reply(rid, {"ok": True, "data": data})
+                out = {"ok": True, "data": data}
         except errors.CmdError as e:
             self._count(e.code)
             out = {"ok": False, "error": e.code, "message": e.message}
@@ -189,16 +181,23 @@ class Dispatcher:
                 out["data"] = e.data
             if signed:
                 out["nonce"] = self.auth.issue_nonce()
-            self._reply(rid, out)
         except MemoryError:
             gc.collect()
             self._count(errors.INTERNAL)
-            self._reply(rid, {"ok": False, "error": errors.INTERNAL, "message": "out of memory"})
+            out = {"ok": False, "error": errors.INTERNAL, "message": "out of memory"}
         except codec.LinkStalled:
-            raise
+            self._count("link_stalled")  # the host went away mid-stream
+            return
         except Exception as e:  # a handler bug must not take the BMC down
             self._count(errors.INTERNAL)
-            self._reply(rid, {"ok": False, "error": errors.INTERNAL, "message": repr(e)[:200]})
+            out = {"ok": False, "error": errors.INTERNAL, "message": repr(e)[:200]}
+        try:
+            try:
+                self.writer.send_json(codec.KIND_RESPONSE, rid, out)
+            except codec.PayloadFull:
+                self.writer.send_json(codec.KIND_RESPONSE, rid, _TOO_LARGE)
+        except codec.LinkStalled:
+            self._count("link_stalled")  # the host went away before the answer
 
 
 def arg(args, name, kind, default=None, required=False):

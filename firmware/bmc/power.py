@@ -574,14 +574,16 @@ class PowerController:
         """The power state as a dict. `st`, a dict this filled before, is refilled in
         place, its rail dicts too: a status reply allocates no new ones (a dict grown
         key by key reallocates its table as it grows)."""
-        lines = self._lines
         if st is None:
             st = {"rails": [{} for _ in range(self._n)]}
-        for i, r in enumerate(st["rails"]):
-            en = lines.enables[i]
+        lines = self._lines
+        i = 0
+        while i < self._n:  # not `for`: its iterator would put this frame on the heap
+            r = st["rails"][i]
             r["name"] = self._names[i]
-            r["enable"] = en.get() if en is not None else None
+            r["enable"] = lines.enables[i].get() if lines.enables[i] is not None else None
             r["pgood"] = lines.pgoods[i].get()
+            i += 1
         st["state"] = self.state
         st["phase"] = self._phase
         st["last_change"] = self.last_change

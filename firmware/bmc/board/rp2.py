@@ -60,6 +60,7 @@ _UART_TXBUF = const(1024)
 # Console bytes wait here while a pass runs: 4 KB is 356 ms at 115200 baud, longer than
 # a pass that streams a boot file or writes flash (1 KB, 89 ms, lost bytes in those).
 _UART_RXBUF = const(4096)
+_HUP_ERR = select.POLLHUP | select.POLLERR
 _REBOOT_DRAIN_MS = const(50)  # time the USB stack gets to send the last reply
 
 _cdc = None  # the runtime CDC interface, set by start_usb()
@@ -266,22 +267,23 @@ class Board:
 
     # -- waiting ---------------------------------------------------------------
     def wait(self, timeout_ms):
+        # Run every pass: ipoll (no list) and a small frame, which MicroPython keeps on
+        # the C stack (one of more than 11 words is allocated on the heap every call).
         if timeout_ms <= 0:
             return
-        ready = self._poll.poll(timeout_ms)
-        if not ready:
-            return
-        for entry in ready:
-            if entry[0] is _cdc and entry[1] & (select.POLLHUP | select.POLLERR):
-                if not entry[1] & select.POLLIN:
-                    # No host on the bus: the CDC reports hang-up at once. Wait on the
-                    # rest for a while instead of spinning, then look at USB again.
-                    self._poll.unregister(_cdc)
-                    try:
-                        self._poll.poll(min(timeout_ms, 50))
-                    finally:
-                        self._poll.register(_cdc, select.POLLIN)
-                    return
+        for entry in self._poll.ipoll(timeout_ms):
+            if entry[0] is _cdc and entry[1] & _HUP_ERR and not entry[1] & select.POLLIN:
+                self._no_host(timeout_ms)
+                return
+
+    def _no_host(self, timeout_ms):
+        # No host on the bus: the CDC reports hang-up at once. Wait on the rest for a
+        # while instead of spinning, then look at USB again.
+        self._poll.unregister(_cdc)
+        try:
+            self._poll.poll(min(timeout_ms, 50))
+        finally:
+            self._poll.register(_cdc, select.POLLIN)
 
     # -- identity, presence, resets -----------------------------------------
     def bootsel(self):

@@ -43,6 +43,8 @@ _AF_UNIX = socket.AF_UNIX  # type: ignore[attr-defined]
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
 _POLLHUP_ERR = select.POLLHUP | select.POLLERR
+_READY = const(1)  # Board._ready: a source has something
+_HUP = const(2)  # ... nothing holds the other end of the PTY
 _PAD_0 = const(0x30)  # "0": the pad states of a "P pin state" line, as bytes
 _PAD_1 = const(0x31)  # "1"
 _PAD_Z = const(0x7A)  # "z": released
@@ -442,33 +444,40 @@ class Board:
         return _unhex(reply)
 
     def wait(self, timeout_ms):
+        # Run every pass: small frames (MicroPython allocates one of more than 11 words
+        # on the heap at every call), the poll's loop apart in _ready.
         self._flush()  # what this pass set goes to the SBC before the board sleeps
         if timeout_ms < 0:
             timeout_ms = 0
         deadline = ticks_add(ticks_ms(), timeout_ms)
         while True:
-            hup = False
-            ready = False
-            # Take in every ready source before returning: wire levels (BOOTSEL, power-good)
-            # that arrived with a request must be seen by that request.
-            for obj, ev in self._poll.ipoll(timeout_ms):
-                if obj is self._sock:
-                    self._read_wires()
-                    ready = True
-                elif ev & _POLLIN:
-                    ready = True
-                else:
-                    hup = True
-            if ready:
+            got = self._ready(timeout_ms)
+            if got == _READY:
                 return
             timeout_ms = ticks_diff(deadline, ticks_ms())
-            if hup:
+            if got == _HUP:
                 # Nothing holds the other end of the PTY: wait on the wires alone.
                 if timeout_ms > 0 and self._wires_poll.poll(timeout_ms):
                     self._read_wires()
                 return
             if timeout_ms <= 0:
                 return
+
+    def _ready(self, timeout_ms):
+        """Poll the link and the wires up to `timeout_ms`: _READY, _HUP or 0 (neither).
+
+        Takes in every ready source before returning: wire levels (BOOTSEL,
+        power-good) that arrived with a request must be seen by that request."""
+        got = 0
+        for obj, ev in self._poll.ipoll(timeout_ms):
+            if obj is self._sock:
+                self._read_wires()
+                got = _READY
+            elif ev & _POLLIN:
+                got = _READY
+            elif got == 0:
+                got = _HUP
+        return got
 
     def bootsel(self):
         return self._bootsel
