@@ -73,12 +73,30 @@ PER_CHUNK = {
 }
 
 
-def test_per_chunk_functions_keep_their_frames_on_the_c_stack() -> None:
+# Run for every request or every loop pass: the same, once or twice per request.
+PER_REQUEST = {
+    "bmc.app": ["App.step"],
+    "bmc.dispatch": ["Dispatcher.poll"],
+    "bmc.codec": [
+        "FrameReader._front",
+        "FrameReader._crc_ok",
+        "loads",
+        "FrameWriter.send_json",
+        "FrameWriter._staged",
+    ],
+    "bmc.console": ["Console.poll"],
+    "bmc.power": ["PowerController.status", "PowerController.tick"],
+    "bmc.board.rp2": ["Board.wait"],
+    "bmc.board.sim": ["Board.wait", "Board._ready"],
+}
+
+
+def test_per_chunk_and_per_request_functions_keep_their_frames_on_the_c_stack() -> None:
     fs = _tool()
     fs.fwbuild.build(fs.BUILD)
     static = fs.static_names(fwbuild.sources())
     built = dict(fs.modules(fs.BUILD))
-    for mod, names in PER_CHUNK.items():
+    for mod, names in list(PER_CHUNK.items()) + list(PER_REQUEST.items()):
         frames = {f.name: f for f in fs.frames(built[mod].read_bytes(), static)}
         for name in names:
             f = frames[name]
