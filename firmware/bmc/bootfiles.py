@@ -284,6 +284,7 @@ class BootFiles:
 
     def set_manifest(self, files, expect=None, files_sha=None):
         self._admin("set_manifest", files, expect, files_sha)
+        files = None  # the caller keeps no other reference (bmc.cmd_boot)
         return self.summary()  # with bmc.bootadmin dropped: not both loaded at once
 
     def put(self, sha, size, offset, data, chunk_sha, manifest=False):

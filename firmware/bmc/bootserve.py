@@ -15,32 +15,39 @@ from bmc.bootfiles import CMDLINE, INVENTORY_FILE, REPORT_EVENTS, _bad, _hex, ch
 from bmc.compat import mem_alloc, mem_free
 
 
-def _generated(bf):
-    """[(name, data, sha)] generated from the inventory and the stored cmdline.txt."""
-    inv = bf.inventory
+def _plan(bf):
+    """What is generated: (the stored cmdline.txt's digest or None, the inventory's
+    cmdline fragment, whether cmdline.txt is generated, whether the inventory file is)."""
     base = None
     for f in bf.rec["files"]:
         if f[0] == CMDLINE:
             base = f[2]
+    frag = bf.inventory.cmdline_fragment()
+    return base, frag, bool(frag) or base is not None, bool(bf.inventory.rec)
+
+
+def _generated(bf):
+    """[(name, data, sha)] generated from the inventory and the stored cmdline.txt."""
+    inv = bf.inventory
     key = (inv.generation, bf.gen)
     c = bf._gen_cache
     if c is not None and c[0] == key:
         return c[1]
+    base, frag, cmdline, inventory = _plan(bf)
     out = []
-    frag = inv.cmdline_fragment()
-    text = b""
-    if base is not None:
-        try:
-            with open(bf.dir + "/" + base, "rb") as fh:
-                text = fh.read().strip()
-        except OSError:
-            text = b""
-    if frag:
-        text = (text + b" " + frag.encode()) if text else frag.encode()
-    if text or base is not None:
+    if cmdline:
+        text = b""
+        if base is not None:
+            try:
+                with open(bf.dir + "/" + base, "rb") as fh:
+                    text = fh.read().strip()
+            except OSError:
+                text = b""
+        if frag:
+            text = (text + b" " + frag.encode()) if text else frag.encode()
         text += b"\n"
         out.append((CMDLINE, text, _hex(hashlib.sha256(text).digest())))
-    if inv.rec:
+    if inventory:
         data = inv.inventory_file()
         out.append((INVENTORY_FILE, data, _hex(hashlib.sha256(data).digest())))
     bf._gen_cache = (key, out)
@@ -83,8 +90,15 @@ def send_manifest(bf, req):
 
 def summary(bf):
     """What `boot-manifest-set` answers: generation, entries (generated ones included),
-    the bytes stored on the BMC's flash and its limit."""
-    return _summary(bf, len(entries(bf)))
+    the bytes stored on the BMC's flash and its limit. Counted without making the
+    generated files: no file is opened (a littlefs file takes a block of over 1 KB,
+    and the heap is at its most fragmented right after a manifest change)."""
+    _, _, cmdline, inventory = _plan(bf)
+    n = 0
+    for f in bf.rec["files"]:
+        if f[0] != CMDLINE:
+            n += 1
+    return _summary(bf, n + cmdline + inventory)
 
 
 def _summary(bf, count):

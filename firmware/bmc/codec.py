@@ -299,6 +299,19 @@ class FrameWriter:
             n = self._unstaged(obj)
         self.send_prepared(kind, req_id, n)
 
+    def send_pieces(self, kind, req_id, pieces):
+        """Send the bytes-likes in `pieces`, one after another, as one frame's payload."""
+        n = HEADER
+        i = 0
+        while i < len(pieces):
+            k = len(pieces[i])
+            if n + k > HEADER + self.max_payload:
+                raise PayloadFull("message larger than one frame")
+            self.mv[n : n + k] = pieces[i]
+            n += k
+            i += 1
+        self.send_prepared(kind, req_id, n - HEADER)
+
     def _staged(self, obj):
         """Encode `obj` into the stage: its length, or -1 when the heap had no room.
         Run for every reply: no locals but its arguments, so that MicroPython keeps
@@ -379,61 +392,64 @@ def loads(payload):
 def canon(value):
     """Canonical JSON text (sorted keys, no spaces): what a MAC covers."""
     out = []
-    _canon(value, out)
+    _canon(value, out.append)
     return "".join(out)
 
 
-# Canonicalisation runs on every signed request. Pieces go to one list joined once,
-# the type tests build no tuples, and each function keeps a frame MicroPython holds
-# on the C stack (a frame of more than 11 words is allocated on the heap at every
-# call, and counts towards the collection threshold): the cases are split up.
-def _canon(value, out):
+# Canonicalisation runs on every signed request. Its pieces go to `put`, one by one:
+# the firmware feeds them straight into the MAC's hash (mac_feed), so no list grows
+# with the arguments (a boot manifest's list of files made one of 1.8 KB, which a
+# fragmented heap could not always give). The type tests build no tuples, and each
+# function keeps a frame MicroPython holds on the C stack (a frame of more than 11
+# words is allocated on the heap at every call, and counts towards the collection
+# threshold): the cases are split up.
+def _canon(value, put):
     if isinstance(value, str):
-        out.append(_quote(value))
+        put(_quote(value))
     elif value is None:
-        out.append("null")
+        put("null")
     elif value is True:
-        out.append("true")
+        put("true")
     elif value is False:
-        out.append("false")
+        put("false")
     elif isinstance(value, int):
-        out.append(str(value))  # what json.dumps gives for an int, on both runtimes
+        put(str(value))  # what json.dumps gives for an int, on both runtimes
     elif isinstance(value, dict):
-        _canon_dict(value, out)
+        _canon_dict(value, put)
     elif isinstance(value, list) or isinstance(value, tuple):
-        _canon_list(value, out)
+        _canon_list(value, put)
     else:
         raise ValueError("unsupported value in arguments")
 
 
-def _canon_dict(value, out):
+def _canon_dict(value, put):
     keys = sorted(value)
     if not keys:
-        out.append("{}")
+        put("{}")
         return
     i = 0
     while i < len(keys):
         k = keys[i]
         if not isinstance(k, str):
             raise ValueError("object keys must be strings")
-        out.append("," if i else "{")
-        out.append(_quote(k))
-        out.append(":")
-        _canon(value[k], out)
+        put("," if i else "{")
+        put(_quote(k))
+        put(":")
+        _canon(value[k], put)
         i += 1
-    out.append("}")
+    put("}")
 
 
-def _canon_list(value, out):
+def _canon_list(value, put):
     if not value:
-        out.append("[]")
+        put("[]")
         return
     i = 0
     while i < len(value):
-        out.append("," if i else "[")
-        _canon(value[i], out)
+        put("," if i else "[")
+        _canon(value[i], put)
         i += 1
-    out.append("]")
+    put("]")
 
 
 def _quote(s):
@@ -482,6 +498,18 @@ _SHORT_NAMES = "bfnrt"
 def mac_input(serial, nonce, cmd, args):
     """The exact bytes an authenticated request's MAC covers:
     domain, serial, nonce, command (each line-terminated) and canon(args)."""
-    out = [_MAC_DOMAIN, serial, "\n", nonce, "\n", cmd, "\n"]
-    _canon(args or {}, out)
+    out = []
+    mac_feed(serial, nonce, cmd, args, out.append)
     return "".join(out).encode()
+
+
+def mac_feed(serial, nonce, cmd, args, put):
+    """mac_input's text, piece by piece to `put(str)` (its UTF-8 is mac_input)."""
+    put(_MAC_DOMAIN)
+    put(serial)
+    put("\n")
+    put(nonce)
+    put("\n")
+    put(cmd)
+    put("\n")
+    _canon(args or {}, put)

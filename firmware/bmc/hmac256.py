@@ -21,12 +21,33 @@ class HmacKey:
         self._opad = bytes(opad)
 
     def mac(self, msg):
-        h = hashlib.sha256(self._ipad)
+        h = self.begin()
         h.update(msg)
-        inner = h.digest()
-        h = hashlib.sha256(self._opad)
-        h.update(inner)
-        return h.digest()
+        return self.end(h)
+
+    def begin(self):
+        """The inner hash with the key's block taken in: feed it the message
+        (`update`, or `feeder(h)` for str pieces), then `end(h)` gives the MAC."""
+        return hashlib.sha256(self._ipad)
+
+    def end(self, h):
+        outer = hashlib.sha256(self._opad)
+        outer.update(h.digest())
+        return outer.digest()
+
+
+try:
+    hashlib.sha256().update("")
+    _HASHES_STR = True  # MicroPython: a str is read as its UTF-8 bytes, in place
+except TypeError:
+    _HASHES_STR = False  # CPython: bytes only
+
+
+def feeder(h):
+    """A function that feeds str pieces to hash `h` as their UTF-8 bytes."""
+    if _HASHES_STR:
+        return h.update
+    return lambda s: h.update(s.encode())
 
 
 def hmac_sha256(key, msg):
