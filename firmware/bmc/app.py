@@ -55,7 +55,6 @@ class App:
         self.reboot_pending = False
         self.loop_errors = 0
         self.reset_hooks = []  # called by a factory reset, after keys and config
-        self._status = None  # the status reply's dict, refilled (status)
         self.tick_hooks = []  # called every loop pass (deadlines of command modules)
         self.defn = None
         self.config = None
@@ -132,26 +131,6 @@ class App:
         """Power the SBC on (or cycle it) for a USB boot (bmc.bootfiles)."""
         st = self.require_power().state
         self.power_action("On" if st == "Off" else "PowerCycle", "usb_boot")
-
-    def status(self):
-        """The status reply's data: one dict refilled for every call (see
-        PowerController.status), so a caller must not keep it past its reply."""
-        if self.power is None:
-            st = {"state": "Unknown"}
-        else:
-            st = self._status = self.power.status(self._status)
-        a = self.auth
-        st["uptime_ms"] = self.clock.uptime_ms()
-        st["boot_count"] = self.persist.boot_count
-        st["reset_cause"] = self.persist.reset_cause
-        st["serial"] = self.serial
-        st["board"] = self.board_name()
-        st["board_error"] = self.board_error
-        st["identify_ms"] = self.indicators.identify_left_ms()
-        st["locked_out_ms"] = a.locked_ms()
-        st["auth_failures_in_a_row"] = a.in_a_row
-        st["provisioned"] = a.provisioned()
-        return st
 
     def factory_reset(self):
         """Forget keys, settings and what the hooks own; the SBC is untouched."""

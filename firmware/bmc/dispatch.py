@@ -1,7 +1,8 @@
 """Request dispatch: frames in, one response (after any chunks) out.
 
 Hot commands are registered with `Dispatcher.register(name, role, fn)`;
-`fn(req)` returns the response data (a JSON-able dict) or raises `CmdError`.
+`fn(req)` returns the response data (a JSON-able dict, or its JSON text
+already, as a tuple of two bytes-likes to be joined) or raises `CmdError`.
 Rarely used ones with `register_lazy(name, role, module, function)`: the
 module-level `bmc.<module>.<function>(app, req)` is imported for the request
 and dropped after it (`bmc.ondemand`), so its code costs RAM only while it
@@ -24,6 +25,8 @@ ROLE_RANK = {PUBLIC: 0, OPERATOR: 1, ADMIN: 2}
 
 _MAX_RESULTS = const(24)  # bound on distinct result labels counted
 _TOO_LARGE = {"ok": False, "error": errors.INTERNAL, "message": "response too large"}
+_OK_DATA = b'{"ok": true, "data": '  # a reply whose data is JSON text already
+_NONCE = b', "nonce": "'  # a nonce is hex: nothing in it to escape
 
 
 class Request:
@@ -170,7 +173,13 @@ class Dispatcher:
             self._count("ok")
             if data is None:
                 data = {}
-            if signed:
+            if isinstance(data, tuple):  # its JSON text already, in two pieces
+                if signed:
+                    nonce = self.auth.issue_nonce().encode()
+                    out = (_OK_DATA, data[0], data[1], _NONCE, nonce, b'"}')
+                else:
+                    out = (_OK_DATA, data[0], data[1], b"}")
+            elif signed:
                 out = {"ok": True, "data": data, "nonce": self.auth.issue_nonce()}
             else:
                 out = {"ok": True, "data": data}
@@ -193,7 +202,10 @@ class Dispatcher:
             out = {"ok": False, "error": errors.INTERNAL, "message": repr(e)[:200]}
         try:
             try:
-                self.writer.send_json(codec.KIND_RESPONSE, rid, out)
+                if isinstance(out, tuple):
+                    self.writer.send_pieces(codec.KIND_RESPONSE, rid, out)
+                else:
+                    self.writer.send_json(codec.KIND_RESPONSE, rid, out)
             except codec.PayloadFull:
                 self.writer.send_json(codec.KIND_RESPONSE, rid, _TOO_LARGE)
         except codec.LinkStalled:

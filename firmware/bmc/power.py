@@ -570,10 +570,16 @@ class PowerController:
 
     # ---- read-out --------------------------------------------------------
 
-    def status(self, st=None):
-        """The power state as a dict. `st`, a dict this filled before, is refilled in
-        place, its rail dicts too: a status reply allocates no new ones (a dict grown
-        key by key reallocates its table as it grows)."""
+    def status(self):
+        """The power state as a dict (`fill`, and since_ms)."""
+        st = self.fill()
+        st["since_ms"] = self.since_ms()
+        return st
+
+    def fill(self, st=None):
+        """The power state as a dict, since_ms apart. `st`, a dict this filled before,
+        is refilled in place, its rail dicts too: a status reply allocates no new
+        ones (a dict grown key by key reallocates its table as it grows)."""
         if st is None:
             st = {"rails": [{} for _ in range(self._n)]}
         lines = self._lines
@@ -587,7 +593,6 @@ class PowerController:
         st["state"] = self.state
         st["phase"] = self._phase
         st["last_change"] = self.last_change
-        st["since_ms"] = self._clock.ticks_diff(self._clock.ticks_ms(), self.last_change)
         st["cause"] = self.cause
         st["fault"] = self.fault
         st["fault_cause"] = self.fault_cause
@@ -596,3 +601,7 @@ class PowerController:
         st["boot_mode"] = self.boot_mode
         st["pending_on"] = self._pending_on
         return st
+
+    def since_ms(self):
+        """Milliseconds since the last state change."""
+        return self._clock.ticks_diff(self._clock.ticks_ms(), self.last_change)
