@@ -64,15 +64,6 @@ class Store:
         except OSError:
             pass
 
-    def _write_atomic(self, path, text):
-        tmp = path + ".tmp"
-        f = open(tmp, "w")
-        try:
-            f.write(text)
-        finally:
-            f.close()
-        os.rename(tmp, path)
-
     # Line files (JSON per line), for the event log.
 
     def append_line(self, name, line):
@@ -106,7 +97,18 @@ class Store:
             f.close()
 
     def save_lines(self, name, lines):
-        self._write_atomic(self.path(name, ".jsonl"), "".join([s + "\n" for s in lines]))
+        """Replace a line file with `lines` (any iterable, even one that reads the file
+        being replaced: it is renamed over only once `lines` is exhausted). Written one
+        line at a time, so the text is never whole in RAM."""
+        path = self.path(name, ".jsonl")
+        f = open(path + ".tmp", "w")
+        try:
+            for line in lines:
+                f.write(line)
+                f.write("\n")
+        finally:
+            f.close()
+        os.rename(path + ".tmp", path)
 
 
 def _why(e):

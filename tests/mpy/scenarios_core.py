@@ -150,6 +150,49 @@ def sc_event_log_torn_line(root):
     assert ev3.last_seq == 3 and len(ev3) == 3  # repaired: no new corruption event
 
 
+def sc_event_log_deferred_write_error_and_compaction(root):
+    st = Store(root + "/data")
+    clock = ManualClock()
+    ev = events.EventLog(st, clock, 1, capacity=4, deferred=True)
+    ev.add("power", "remote", "a")
+    ev.add("power", "remote", "b")
+    assert [e["detail"] for e in ev.entries()] == ["a", "b"]  # seen before they are written
+    assert list(st.read_lines("events")) == []  # deferred: nothing on flash yet
+    ev.flush()
+    assert len(list(st.read_lines("events"))) == 2
+    # a failed append: counted, the entries stay, and the next flush rewrites the file
+    real = st.append_lines
+
+    def failing(name, lines):
+        raise OSError(28)
+
+    st.append_lines = failing
+    ev.add("power", "remote", "c")
+    ev.flush()
+    assert ev.write_errors == 1
+    assert [e["detail"] for e in ev.entries()] == ["a", "b", "c"]
+    ev.flush()  # nothing new since: no second try
+    assert ev.write_errors == 1
+    ev.add("power", "remote", "d")
+    ev.add("power", "remote", "e")
+    ev.flush()  # compacts (rewrites) without append_lines
+    st.append_lines = real
+    assert ev.write_errors == 1 and ev.dropped == 1 and len(ev) == 4
+    lines = list(st.read_lines("events"))
+    assert [json.loads(x)[5] for x in lines] == ["b", "c", "d", "e"]
+    # a restart reads the same log back from flash
+    ev2 = events.EventLog(st, clock, 2, capacity=4)
+    assert ev2.last_seq == 5 and ev2.dropped == 1
+    assert [e["detail"] for e in ev2.entries(since=3)] == ["d", "e"]
+    # more events than the log holds in one pass: the oldest are dropped unwritten
+    for i in range(10):
+        ev2.deferred = True
+        ev2.add("power", "remote", "n%d" % i)
+    ev2.flush()
+    assert [e["detail"] for e in ev2.entries()] == ["n6", "n7", "n8", "n9"]
+    assert ev2.dropped == 11 and len(list(st.read_lines("events"))) == 4
+
+
 def sc_persist_boot_count_and_state(root):
     st = Store(root + "/data")
     s = persist.BmcState(st, "power_on")
@@ -175,5 +218,6 @@ SCENARIOS = [
     sc_config_set_validates,
     sc_event_log_bounded_and_persistent,
     sc_event_log_torn_line,
+    sc_event_log_deferred_write_error_and_compaction,
     sc_persist_boot_count_and_state,
 ]
