@@ -13,7 +13,8 @@ def events(app, req):
     since = arg(req.args, "since", int, 0)
     sent = 0
     nxt = since
-    for entry in app.events.entries(since - 1):  # entries(n) gives seq > n
+    # one entry at a time from flash to a line: the log is never whole in RAM
+    for entry in app.events.iter_entries(since - 1):  # seq > since - 1
         req.line((json.dumps(entry) + "\n").encode())
         sent += 1
         nxt = entry["seq"] + 1
