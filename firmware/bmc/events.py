@@ -137,8 +137,9 @@ class EventLog:
                 last = e[0]
                 yield line, e
 
-    def _kept_lines(self):
-        # The good lines of the file and the pending entries, the newest `capacity`.
+    def _kept(self):
+        """(line, entry) of each entry kept, oldest first: the good lines of the file,
+        then the pending entries (line None), the newest `capacity` of them."""
         skip = self._file_lines + len(self._pending) - self.capacity
         last = 0
         for line, e in self._good_lines():
@@ -146,27 +147,21 @@ class EventLog:
             if skip > 0:
                 skip -= 1
             else:
-                yield line.rstrip("\n")
+                yield line, e
         for e in self._pending:
             if skip > 0:
                 skip -= 1
             elif e[0] > last:
-                yield json.dumps(list(e))
+                yield None, e
+
+    def _kept_lines(self):
+        for line, e in self._kept():
+            yield json.dumps(list(e)) if line is None else line.rstrip("\n")
 
     def iter_entries(self, since=0):
         """Entries with seq > since, oldest first, as dicts, read one at a time."""
-        skip = self._file_lines + len(self._pending) - self.capacity
-        last = 0
-        for _, e in self._good_lines():
-            last = e[0]
-            if skip > 0:
-                skip -= 1
-            elif e[0] > since:
-                yield as_dict(e)
-        for e in self._pending:
-            if skip > 0:
-                skip -= 1
-            elif e[0] > since and e[0] > last:
+        for _, e in self._kept():
+            if e[0] > since:
                 yield as_dict(e)
 
     def entries(self, since=0, limit=None):

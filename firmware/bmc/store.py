@@ -70,13 +70,7 @@ class Store:
         self.append_lines(name, (line,))
 
     def append_lines(self, name, lines):
-        f = open(self.path(name, ".jsonl"), "a")
-        try:
-            for line in lines:
-                f.write(line)
-                f.write("\n")
-        finally:
-            f.close()
+        _write_lines(self.path(name, ".jsonl"), "a", lines)
 
     def read_lines(self, name):
         """Yield the lines of a line file (none when missing)."""
@@ -101,14 +95,18 @@ class Store:
         being replaced: it is renamed over only once `lines` is exhausted). Written one
         line at a time, so the text is never whole in RAM."""
         path = self.path(name, ".jsonl")
-        f = open(path + ".tmp", "w")
-        try:
-            for line in lines:
-                f.write(line)
-                f.write("\n")
-        finally:
-            f.close()
+        _write_lines(path + ".tmp", "w", lines)
         os.rename(path + ".tmp", path)
+
+
+def _write_lines(path, mode, lines):
+    f = open(path, mode)
+    try:
+        for line in lines:
+            f.write(line)
+            f.write("\n")
+    finally:
+        f.close()
 
 
 def _why(e):
