@@ -30,6 +30,8 @@ the SBC is never powered on by the firmware on its own except by the restore
 policy at BMC start, and never after it halted by itself.
 """
 
+from bmc import ondemand
+
 OFF = "Off"
 POWERING_ON = "PoweringOn"
 ON = "On"
@@ -108,56 +110,11 @@ class PowerController:
     # ---- start -----------------------------------------------------------
 
     def start(self):
-        """Adopt the SBC's state (inputs only), create outputs, apply the restore policy."""
+        """Adopt the SBC's state (inputs only), create outputs, apply the restore policy.
+        Run once: its code (bmc.power_start) is loaded for it and dropped after."""
         if self.state is not None:
             raise RuntimeError("already started")
-        lines = self._lines
-        now = self._clock.ticks_ms()
-        pg = lines.pgood_all()
-        halted = lines.halted.get()
-        n_on = 0
-        for p in pg:
-            if p:
-                n_on += 1
-        persist = self._persist
-        rc = persist.reset_cause
-        adopt_cause = "watchdog" if rc == "watchdog" else "bmc_start"
-        # Outputs take the level that matches what the SBC is doing right now.
-        lines.start_outputs(pg, status_on=(n_on == self._n))
-        self._bs_line = lines.boot_select
-        if self._bs_line is None:
-            self._bs_line = lines.power_button
-        self.last_change = now
-        if n_on == self._n:
-            self._enter(ON, adopt_cause, "adopted: all rails have power-good")
-            persist.set_sbc_on(True)
-            if halted:
-                self._os_halt("halted already asserted at BMC start")
-            return
-        if n_on == 0:
-            self._off_since = now
-            was_on = persist.sbc_on
-            if was_on:
-                self._enter(OFF, "power_lost_while_bmc_away", "SBC was on when the BMC went down")
-                self._events.add(
-                    "warning", "power_lost_while_bmc_away", "SBC found off at BMC start"
-                )
-            else:
-                self._enter(OFF, adopt_cause, "adopted: no rail has power-good")
-            policy = self.config.value("restore_policy")
-            if policy == "AlwaysOn" or (policy == "LastState" and was_on):
-                self._begin_on("restore_policy")
-            else:
-                persist.set_sbc_on(False)
-            return
-        up = [self._names[i] for i in range(self._n) if pg[i]]
-        detail = "rails up at BMC start: " + ",".join(up)
-        if persist.sbc_on:
-            self._enter(ON, adopt_cause, detail)
-            self._fault("partial_power_at_start", detail)
-        else:
-            self._enter(ON, adopt_cause, detail)
-            self._begin_off("partial_power_at_start")
+        ondemand.call("power_start", "start", self)
 
     # ---- requests --------------------------------------------------------
 
