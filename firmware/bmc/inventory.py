@@ -25,7 +25,7 @@ Generated boot files (served by the boot path, see bmc.bootfiles):
 
 import json
 
-from bmc import errors, ondemand
+from bmc import ondemand
 from bmc.compat import const
 
 MAX_KEYS = const(8)
@@ -34,10 +34,6 @@ _NAME = "inventory"
 ED25519 = "ed25519"
 P256 = "ecdsa-p256"
 TUF_ROOT = "tuf-root"
-
-
-def _bad(msg):
-    raise errors.CmdError(errors.INVALID, msg)
 
 
 # --- the record ------------------------------------------------------------
@@ -72,53 +68,9 @@ class Inventory:
         }
 
     def set(self, url, keys, generation, expect=None):
-        kp = ondemand.load("keyparse")
-        try:
-            return self._set(kp, url, keys, generation, expect)
-        finally:
-            ondemand.drop("keyparse")
-
-    def _set(self, kp, url, keys, generation, expect):
-        kp.check_url(url)
-        if not isinstance(keys, list) or len(keys) > MAX_KEYS:
-            _bad("keys must be a list of at most %d keys" % MAX_KEYS)
-        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
-            _bad("generation must be a positive integer")
-        cur = self.generation
-        if expect is not None and expect != cur:
-            raise errors.CmdError(
-                errors.CONFLICT,
-                "inventory is at generation %d, not %s" % (cur, expect),
-                {"generation": cur},
-            )
-        if generation <= cur:
-            raise errors.CmdError(
-                errors.CONFLICT,
-                "stale generation %d: the BMC holds generation %d" % (generation, cur),
-                {"generation": cur},
-            )
-        recs = []
-        seen = []
-        for i in range(len(keys)):
-            try:
-                r = kp.parse_key(keys[i])
-            except errors.CmdError as e:
-                raise errors.CmdError(e.code, "key %d: %s" % (i + 1, e.message))
-            if r["fp"] in seen:
-                _bad("key %d: duplicate of an earlier key" % (i + 1))
-            seen.append(r["fp"])
-            recs.append(r)
-        new = {"gen": generation, "url": url, "keys": recs}
-        try:
-            self._store.save(_NAME, new)
-        except OSError as e:
-            raise errors.CmdError(errors.STORAGE, "could not store the inventory: %s" % e)
-        self.rec = new
-        if self._events is not None:
-            self._events.add(
-                "config", "inventory", "generation %d, %d key(s)" % (generation, len(recs))
-            )
-        return self.get()
+        """Validate and store a new record (bmc.keyparse.set_inventory, loaded for the
+        call: the code runs seldom and would otherwise stay in the heap)."""
+        return ondemand.call("keyparse", "set_inventory", self, url, keys, generation, expect)
 
     # --- generated boot files ----------------------------------------------
 

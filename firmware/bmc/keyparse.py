@@ -1,4 +1,5 @@
-"""Validation of what `inventory-set` carries: the URL and the trust keys.
+"""Validation of what `inventory-set` carries: the URL and the trust keys, and the
+set itself (`set_inventory`).
 
 Loaded for one request and dropped after (`bmc.ondemand`): see bmc.inventory
 for the formats.
@@ -10,7 +11,7 @@ import json
 
 from bmc import errors
 from bmc.compat import const
-from bmc.inventory import ED25519, P256, TUF_ROOT
+from bmc.inventory import _NAME, ED25519, MAX_KEYS, P256, TUF_ROOT
 
 URL_MAX = const(256)
 KEY_TEXT_MAX = const(1536)  # one key or one TUF root, as sent
@@ -216,3 +217,46 @@ def parse_key(text):
         return {"type": TUF_ROOT, "fp": sha256_hex(t.encode()), "root": t, "n": n}
     kind, raw = parse_public(t)
     return {"type": kind, "fp": sha256_hex(raw), "pub": hexstr(raw)}
+
+
+def set_inventory(inv, url, keys, generation, expect):
+    """`Inventory.set`: validate the URL, the generation and every key, then store the
+    record (temp file, then rename); CmdError on the first problem, nothing stored."""
+    check_url(url)
+    if not isinstance(keys, list) or len(keys) > MAX_KEYS:
+        _bad("keys must be a list of at most %d keys" % MAX_KEYS)
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
+        _bad("generation must be a positive integer")
+    cur = inv.generation
+    if expect is not None and expect != cur:
+        raise errors.CmdError(
+            errors.CONFLICT,
+            "inventory is at generation %d, not %s" % (cur, expect),
+            {"generation": cur},
+        )
+    if generation <= cur:
+        raise errors.CmdError(
+            errors.CONFLICT,
+            "stale generation %d: the BMC holds generation %d" % (generation, cur),
+            {"generation": cur},
+        )
+    recs = []
+    seen = []
+    for i in range(len(keys)):
+        try:
+            r = parse_key(keys[i])
+        except errors.CmdError as e:
+            raise errors.CmdError(e.code, "key %d: %s" % (i + 1, e.message))
+        if r["fp"] in seen:
+            _bad("key %d: duplicate of an earlier key" % (i + 1))
+        seen.append(r["fp"])
+        recs.append(r)
+    new = {"gen": generation, "url": url, "keys": recs}
+    try:
+        inv._store.save(_NAME, new)
+    except OSError as e:
+        raise errors.CmdError(errors.STORAGE, "could not store the inventory: %s" % e)
+    inv.rec = new
+    if inv._events is not None:
+        inv._events.add("config", "inventory", "generation %d, %d key(s)" % (generation, len(recs)))
+    return inv.get()
