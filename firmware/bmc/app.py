@@ -1,110 +1,65 @@
 """The BMC main loop: wire the core to a board and run until reset.
 
-`main(board)` never returns on a healthy board. The order at start matters:
-inputs first, adopt the SBC's state from power-good, only then create the
-outputs (with the adopted levels), so a BMC start never glitches the SBC.
+`main(board)` never returns on a healthy board. `App(board)` builds everything
+(bmc.appbuild, in the order that never glitches the SBC); `run` is the loop.
 """
 
-import binascii
 import gc
-import sys
 
-from bmc import (
-    VERSION,
-    auth,
-    bootfiles,
-    config,
-    console,
-    dispatch,
-    errors,
-    events,
-    indicators,
-    inventory,
-    lines,
-    ondemand,
-    persist,
-    power,
-    store,
-)
+try:
+    from typing import Any  # for the annotations below; MicroPython has no typing
+except ImportError:
+    pass
+
+from bmc import auth as _auth
+from bmc import clock as _clock
+from bmc import config, errors, ondemand, power
+from bmc import console as _console
+from bmc import dispatch as _dispatch
+from bmc import events as _events
+from bmc import indicators as _indicators
+from bmc import persist as _persist
+from bmc import store as _store
 from bmc.compat import const
 
 WDT_MS = const(5000)
 _MAX_WAIT_MS = const(100)
-_GC_EVERY = const(12288)
 _BUSY_FRAMES = const(3)  # requests answered back to back before flash writes and a collection
 _FAILING_LOOPS = const(3)  # loops in a row that raise before the watchdog is starved
-BOARD_FILE = "/board.json"
 
 
 class App:
+    # Set by bmc.appbuild. Annotations only: MicroPython stores nothing for them; they
+    # tell the firmware type check (tools/check_firmware_types.py) what each one is.
+    board: "Any"  # bmc.board.rp2 or bmc.board.sim
+    clock: "_clock.Clock"
+    data_dir: str
+    store: "_store.Store"
+    serial: str
+    persist: "_persist.BmcState"
+    events: "_events.EventLog"
+    reboot_pending: bool
+    loop_errors: int
+    reset_hooks: list
+    tick_hooks: list
+    defn: "dict | None"
+    config: "config.Config | None"
+    power: "power.PowerController | None"
+    lines: "object"
+    board_error: "str | None"
+    console: "_console.Console"
+    indicators: "_indicators.Indicators"
+    auth: "_auth.Auth"
+    inventory: "object"
+    bootfiles: "object"
+    dispatch: "_dispatch.Dispatcher"
+    _gc_frames: int
+    _quiet_frames: int
+
     def __init__(self, board):
-        self.board = board
-        self.clock = board.clock
-        self.data_dir = board.root + "/data"
-        self.store = store.Store(self.data_dir)
-        self.serial = binascii.hexlify(board.unique_id()).decode().upper()
-        # Deferred: state and events reach flash at the end of each loop pass, after
-        # any reply has gone out (see `step`), so no answer waits for a flash write.
-        self.persist = persist.BmcState(self.store, board.reset_cause(), deferred=True)
-        self.events = events.EventLog(
-            self.store, self.clock, self.persist.boot_count, deferred=True
-        )
-        self.events.add("bmc", "start", "fw %s reset %s" % (VERSION, self.persist.reset_cause))
-        if self.persist.problem and self.persist.problem != "missing":
-            self.events.add("store", "corrupt", "state: " + self.persist.problem)
-        self.reboot_pending = False
-        self.loop_errors = 0
-        self.reset_hooks = []  # called by a factory reset, after keys and config
-        self.tick_hooks = []  # called every loop pass (deadlines of command modules)
-        self.defn = None
-        self.config = None
-        self.power = None
-        self.lines = None
-        self.board_error = None
-        try:
-            self.defn = load_board_file(board.root + BOARD_FILE)
-        except (OSError, ValueError) as e:  # BoardFileError is a ValueError
-            self.board_error = "board file: %s" % e
-            self.events.add("fault", "board_file", self.board_error)
-        uart = None
-        if self.defn is not None:
-            self.config = config.Config(self.store, self.defn, self.events)
-            self.lines = lines.Lines(board, self.defn)
-            self.power = power.PowerController(
-                self.defn, self.config, self.lines, self.clock, self.events, self.persist
-            )
-            self.power.start()
-            con = self.defn["console"]
-            if con is not None:
-                uart = board.uart(con["uart"], con["tx"], con["rx"], con["baud"])
-        self.console = console.Console(uart)
-        self.indicators = indicators.Indicators(
-            self.clock,
-            self.lines.status_led if self.lines else None,
-            self.lines.identify_led if self.lines else None,
-        )
-        self.auth = auth.Auth(self.store, self.clock, self.serial, self.events, board.bootsel)
-        self.inventory = inventory.Inventory(self.store, self.events)
-        self.reset_hooks.append(self.inventory.forget)
-        bf = bootfiles.BootFiles(self.store, self.events, self.clock, self.inventory)
-        self.bootfiles = bf
-        bf.power = self.power
-        bf.power_action = self.usb_boot_cycle
-        if self.lines is not None:
-            bf.mux = getattr(self.lines, "usb_mux", None)
-        self.reset_hooks.append(bf.forget)
-        self.tick_hooks.append(bf.tick)
-        self.dispatch = dispatch.Dispatcher(board.link, self.auth, self.clock, self)
-        self._gc_frames = 0
-        self._quiet_frames = 0
-        ondemand.call("commands", "register", self)  # the command table (bmc.commands)
-        gc.collect()
-        # Collect after every few KB allocated, not only when the heap is full:
-        # garbage left lying between live objects fragments a small heap until
-        # a 1 KB reply no longer fits anywhere.
-        if hasattr(gc, "threshold"):
-            gc.threshold(_GC_EVERY)
-        self.flush()
+        # Run once: the code that builds everything (bmc.appbuild) is loaded for it
+        # and dropped after, as it would otherwise stay in the heap for good.
+        ondemand.call("appbuild", "build", self, board)
 
     # -- used by command modules -----------------------------------------
     def board_name(self):
@@ -208,24 +163,6 @@ class App:
             # A loop that keeps failing is not healthy: starve the watchdog.
             if self.loop_errors < _FAILING_LOOPS:
                 board.wdt_feed()
-
-
-def load_board_file(path):
-    """Load and validate the board file, then drop the validator from RAM.
-
-    Validation is only needed at start; unloading it gives its heap (a tenth of
-    the firmware's code) back to the running BMC.
-    """
-    from bmc import boardfile
-
-    try:
-        return boardfile.load(path)
-    finally:
-        del boardfile
-        sys.modules.pop("bmc.boardfile", None)
-        pkg = sys.modules.get("bmc")
-        if pkg is not None and "boardfile" in pkg.__dict__:
-            delattr(pkg, "boardfile")
 
 
 def main(board):
