@@ -31,13 +31,13 @@ def register(app):
     memo = [None, None, None, False]
 
     def status_reply():
-        # one function (each costs resident heap); its frame goes on the heap
+        # one function (each costs resident heap), three locals: MicroPython keeps its
+        # frame on the C stack
         prev = memo[0]
         if memo[3]:  # compared below without them
             memo[3] = False
             del prev["uptime_ms"], prev["since_ms"], prev["identify_ms"], prev["locked_out_ms"]
-        pc = app.power
-        st = {"state": "Unknown"} if pc is None else pc.fill(memo[1])
+        st = {"state": "Unknown"} if app.power is None else app.power.fill(memo[1])
         st["boot_count"] = app.persist.boot_count
         st["reset_cause"] = app.persist.reset_cause
         st["serial"] = app.serial
@@ -49,7 +49,7 @@ def register(app):
         memo[1] = prev
         live = (
             app.clock.uptime_ms(),
-            pc.since_ms() if pc is not None else 0,
+            app.power.since_ms() if app.power is not None else 0,
             app.indicators.identify_left_ms(),
             app.auth.locked_ms(),
         )

@@ -299,8 +299,9 @@ class FrameWriter:
             n = self._unstaged(obj)
         self.send_prepared(kind, req_id, n)
 
-    def send_pieces(self, kind, req_id, pieces):
-        """Send the bytes-likes in `pieces`, one after another, as one frame's payload."""
+    def put_pieces(self, pieces):
+        """Copy the bytes-likes in `pieces`, one after another, into the payload
+        (PayloadFull if they do not fit); their length, for `send_prepared`."""
         n = HEADER
         i = 0
         while i < len(pieces):
@@ -310,7 +311,7 @@ class FrameWriter:
             self.mv[n : n + k] = pieces[i]
             n += k
             i += 1
-        self.send_prepared(kind, req_id, n - HEADER)
+        return n - HEADER
 
     def _staged(self, obj):
         """Encode `obj` into the stage: its length, or -1 when the heap had no room.

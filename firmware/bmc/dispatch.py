@@ -203,7 +203,7 @@ class Dispatcher:
         try:
             try:
                 if isinstance(out, tuple):
-                    self.writer.send_pieces(codec.KIND_RESPONSE, rid, out)
+                    self.writer.send_prepared(codec.KIND_RESPONSE, rid, self.writer.put_pieces(out))
                 else:
                     self.writer.send_json(codec.KIND_RESPONSE, rid, out)
             except codec.PayloadFull:
