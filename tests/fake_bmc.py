@@ -293,7 +293,8 @@ def _paced_chunks(text: bytes, pace: Dict[str, Any]) -> Tuple[List[bytes], List[
     for i, size in enumerate(sizes):
         if pos >= len(text):
             break
-        end = len(text) if i == len(sizes) - 1 else pos + size
+        # the replayed text may be shorter than the recorded one (a shorter serial)
+        end = len(text) if i == len(sizes) - 1 else min(pos + size, len(text))
         while pos < end:
             chunks.append(text[pos : min(end, pos + codec.MAX_PAYLOAD)])
             offsets.append(times[i])

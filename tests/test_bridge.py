@@ -690,3 +690,24 @@ def test_silent_clients_are_closed_and_connections_are_bounded() -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_paced_stand_ins_cut_a_text_shorter_than_the_recorded_one() -> None:
+    # bench/metrics.py replays a recorded render with a shorter serial in it: cut into
+    # the recorded chunk sizes, the text must come out whole (this once looped forever).
+    from tests.fake_bmc import _paced_chunks
+
+    def too_slow(signum: int, frame: object) -> None:
+        raise TimeoutError("cutting the text did not end")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(5)
+    try:
+        pace = {"sizes": [60, 60, 10], "offsets_ms": [1.0, 2.0, 3.0], "done_ms": 4.0}
+        chunks, offsets = _paced_chunks(b"x" * 100, pace)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert b"".join(chunks) == b"x" * 100
+    assert [len(c) for c in chunks] == [60, 40]
+    assert offsets == [0.001, 0.002, 0.004]

@@ -84,6 +84,7 @@ PER_REQUEST = {
         "FrameWriter.send_json",
         "FrameWriter._staged",
         "FrameWriter.put_pieces",
+        "crc32_pieces",
     ],
     "bmc.cmd_core": ["register.status_reply"],
     "bmc.console": ["Console.poll"],

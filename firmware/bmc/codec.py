@@ -361,6 +361,19 @@ class FrameWriter:
             raise LinkStalled()
 
 
+crc32 = binascii.crc32  # what frames carry; may go on from an earlier piece's CRC
+
+
+def crc32_pieces(pieces, start, crc):
+    """`crc` (the CRC-32 of pieces[:start]) continued over pieces[start:]. Run per
+    reply: no `for` (its iterator takes four words of the frame)."""
+    i = start
+    while i < len(pieces):
+        crc = _crc32(pieces[i], crc)
+        i += 1
+    return crc
+
+
 def encode_frame(kind, req_id, payload, version=PROTO_VERSION):
     """One frame as bytes (host side, tests)."""
     if len(payload) > MAX_PAYLOAD:
