@@ -264,13 +264,32 @@ def _paced(
         json.dump(pace, f)
     fakes = Fakes(where)
     fakes.rack.mkdir(parents=True)
+    late_file = f"{where}.late"
     try:
-        fakes.start_paced(list(range(1, BOARDS + 1)), template, pace_file)
+        fakes.start_paced(list(range(1, BOARDS + 1)), template, pace_file, late_file)
         print(intro)
         ratio, _ = _measure(what, discovery.rack_ports(str(fakes.rack)), PACED_ROUNDS, link_class)
-        return ratio
     finally:
         fakes.stop_all()
+    _report_lateness(what, late_file)
+    return ratio
+
+
+def _report_lateness(what: str, late_file: str) -> None:
+    """How late the stand-ins' process wrote the last frame due at once for 32 BMCs."""
+    lates = []
+    with open(late_file, encoding="utf-8") as f:
+        for line in f:
+            bmcs, _, late = line.split()
+            if int(bmcs) == BOARDS:
+                lates.append(float(late))
+    if lates:
+        print(
+            f"metrics: {what}: the stand-ins' one process wrote the last of the frames due "
+            f"at once to {BOARDS} BMCs {statistics.median(lates):.0f} us late (median, p99 "
+            f"{_p99(lates):.0f} us, {len(lates)} runs of writes), in the 32-BMC times above; "
+            "on a rack each BMC writes its own"
+        )
 
 
 def at_link_ceiling(pace: Dict[str, Any]) -> Dict[str, Any]:

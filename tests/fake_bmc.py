@@ -19,7 +19,11 @@ replaying FILE as a BMC that renders on a CPU of its own: PACE (JSON: `{"sizes":
 the response did}`, recorded from a real BMC) cuts the text into those chunks,
 and each goes out at its recorded time after that BMC's request. In between the
 process sleeps; one process for all slots wakes once for every chunk due at that
-moment, so the stand-ins take as little of the host's CPU as they can.
+moment, so the stand-ins take as little of the host's CPU as they can. Still,
+frames due at one moment go out one after another: with the environment variable
+FAKE_BMC_LATENESS naming a file, each time every due frame is out it appends a
+line `BMCS FRAMES LAST_US`: how many BMCs and frames that run of writes served
+and how late (after its due time) its last frame went out.
 
 The firmware's real output is tested under MicroPython in test_metrics_firmware.py
 and through bmc-sim in test_metrics_sim.py.
@@ -103,13 +107,20 @@ class Fakes:
             if line != "ready":
                 raise RuntimeError(f"stand-in BMC did not start: {line!r}")
 
-    def start_paced(self, slots: List[int], template: str, pace: str) -> None:
-        """Paced stand-ins for `slots`, all in one process (see `--paced`)."""
+    def start_paced(
+        self, slots: List[int], template: str, pace: str, lateness: Optional[str] = None
+    ) -> None:
+        """Paced stand-ins for `slots`, all in one process (see `--paced`);
+        `lateness`: the file for FAKE_BMC_LATENESS."""
+        env = dict(os.environ)
+        if lateness is not None:
+            env["FAKE_BMC_LATENESS"] = lateness
         p = subprocess.Popen(
             [sys.executable, __file__, str(self.rack), "--paced", template, pace]
             + [str(s) for s in slots],
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
         self.procs[-len(self.procs) - 1] = p  # not a slot: one process serves them all
         assert p.stdout is not None
@@ -253,14 +264,26 @@ def paced_main(rack: str, template: str, pace_file: str, slots: List[str]) -> No
         masters[_pty(rack, slot)] = (slot, serial, codec.FrameReader(), parts, [0])
     due: List[Tuple[float, int, int, bytes]] = []  # (when, seq, master, frame): a heap
     seq = 0
+    lateness = os.environ.get("FAKE_BMC_LATENESS")
+    run_fds: set[int] = set()
+    run_frames = 0
     print("ready", flush=True)
     while True:
         wait = max(due[0][0] - time.monotonic(), 0.0) if due else 1.0
         ready, _, _ = select.select(list(masters), [], [], wait)
         now = time.monotonic()
         while due and due[0][0] <= now:
-            _, _, fd, frame = heapq.heappop(due)
+            when, _, fd, frame = heapq.heappop(due)
             _write_all(fd, frame)
+            if lateness:
+                run_fds.add(fd)
+                run_frames += 1
+                if not due:  # the run's last frame: how late it went out
+                    late = (time.monotonic() - when) * 1e6
+                    with open(lateness, "a", encoding="utf-8") as f:
+                        f.write(f"{len(run_fds)} {run_frames} {late:.0f}\n")
+                    run_fds.clear()
+                    run_frames = 0
         for fd in ready:
             try:
                 data = os.read(fd, 4096)
