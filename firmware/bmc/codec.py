@@ -361,16 +361,13 @@ class FrameWriter:
             raise LinkStalled()
 
 
-crc32 = binascii.crc32  # what frames carry; may go on from an earlier piece's CRC
-
-
-def crc32_pieces(pieces, start, crc):
-    """`crc` (the CRC-32 of pieces[:start]) continued over pieces[start:]. Run per
-    reply: no `for` (its iterator takes four words of the frame)."""
-    i = start
-    while i < len(pieces):
-        crc = _crc32(pieces[i], crc)
-        i += 1
+def crc32_pieces(pieces, start, end, crc):
+    """`crc` (the CRC-32 of pieces[:start], 0 for none) continued over
+    pieces[start:end]. Run per reply: no `for` (its iterator takes four words of
+    the frame)."""
+    while start < end:
+        crc = _crc32(pieces[start], crc)
+        start += 1
     return crc
 
 

@@ -200,7 +200,7 @@ class Dispatcher:
                 else:
                     out = (_OK_DATA, data[0], data[1], b"}")
                 if data[0] is not self._crc_head:
-                    self._crc_at_head = codec.crc32(data[0], codec.crc32(_OK_DATA))
+                    self._crc_at_head = codec.crc32_pieces(out, 0, 2, 0)
                     self._crc_head = data[0]
             elif signed:
                 out = {"ok": True, "data": data, "nonce": self.auth.issue_nonce()}
@@ -230,7 +230,7 @@ class Dispatcher:
                         codec.KIND_RESPONSE,
                         rid,
                         self.writer.put_pieces(out),
-                        codec.crc32_pieces(out, 2, self._crc_at_head),
+                        codec.crc32_pieces(out, 2, len(out), self._crc_at_head),
                     )
                 else:
                     self.writer.send_json(codec.KIND_RESPONSE, rid, out)
