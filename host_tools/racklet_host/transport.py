@@ -234,11 +234,49 @@ class Link:
 
     def read_frame(self, deadline: float) -> Frame:
         """The next valid frame before `deadline` (a `time.monotonic()` value)."""
+        bad = self._reader.bad_crc
+        while True:
+            frame = self._take_frame()
+            if frame is not None:
+                return frame
+            left = deadline - time.monotonic()
+            if left <= 0:
+                lost = self._reader.bad_crc - bad
+                if lost:
+                    raise Timeout(
+                        f"no answer from {self.path}: {lost} frame(s) arrived corrupt"
+                        " (CRC mismatch) and were dropped"
+                    )
+                raise Timeout(f"no answer from {self.path}")
+            data = self.read_some(min(left, 0.25))
+            if data:
+                self._rx += data
+            else:
+                self._reader.expire(int(time.monotonic() * 1000))
+
+    def poll_frames(self) -> List[Frame]:
+        """The frames complete with what has arrived, without waiting (one read).
+
+        For callers that wait on many links at once: call it when the port is readable.
+        """
+        data = self.read_some(0)
+        if data:
+            self._rx += data
+        else:
+            self._reader.expire(int(time.monotonic() * 1000))
+        frames: List[Frame] = []
+        while True:
+            frame = self._take_frame()
+            if frame is None:
+                return frames
+            frames.append(frame)
+
+    def _take_frame(self) -> Optional[Frame]:
+        """The next valid frame in what has arrived, or None: no reading, no waiting."""
         reader = self._reader
         rx = self._rx
-        bad = reader.bad_crc
+        now = int(time.monotonic() * 1000)
         while True:
-            now = int(time.monotonic() * 1000)
             if rx:
                 k = reader.feed(rx, now)
                 del rx[:k]
@@ -252,41 +290,10 @@ class Link:
             if frame is not None:
                 kind, version, rid, payload = frame
                 return Frame(kind, version, rid, bytes(payload))
-            if rx:
-                if reader.n >= len(reader.buf):  # cannot happen with a sane reader; never spin
-                    reader.expire(now + codec.STALE_MS + 1)
-                continue  # the reader made room: feed the rest
-            left = deadline - time.monotonic()
-            if left <= 0:
-                lost = reader.bad_crc - bad
-                if lost:
-                    raise Timeout(
-                        f"no answer from {self.path}: {lost} frame(s) arrived corrupt"
-                        " (CRC mismatch) and were dropped"
-                    )
-                raise Timeout(f"no answer from {self.path}")
-            data = self.read_some(min(left, 0.25))
-            if data:
-                rx += data
-            else:
-                reader.expire(int(time.monotonic() * 1000))
-
-    def poll_frames(self) -> List[Frame]:
-        """The frames complete with what has arrived, without waiting (one read).
-
-        For callers that wait on many links at once: call it when the port is readable.
-        """
-        data = self.read_some(0)
-        if data:
-            self._rx += data
-        else:
-            self._reader.expire(int(time.monotonic() * 1000))
-        frames: List[Frame] = []
-        try:
-            while True:
-                frames.append(self.read_frame(0.0))  # a deadline long passed: what is here
-        except Timeout:
-            return frames
+            if not rx:
+                return None
+            if reader.n >= len(reader.buf):  # cannot happen with a sane reader; never spin
+                reader.expire(now + codec.STALE_MS + 1)
 
 
 _RAW_IFLAG_OFF = (

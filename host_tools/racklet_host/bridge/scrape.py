@@ -1,9 +1,14 @@
 """Scraping every BMC in parallel, each within its own deadline.
 
-Each scrape rediscovers the BMCs (a listing of the rack directory or of the USB
-serial ports: cheap), so BMCs that come and go are picked up and dropped without
-a restart. One event loop (a selector over every BMC link, in the thread that
-serves the HTTP request) sends every BMC its request and then takes in whichever
+Each scrape rediscovers the BMCs (a listing of the rack directory or one
+enumeration of the USB serial ports), so BMCs that come and go are picked up and
+dropped without a restart. A port is opened at the path that listing gave; only
+when nothing is there any more (the BMC re-enumerated under another tty since) is
+it looked up again: an enumeration reads several sysfs files for every serial
+port on the host, and one per BMC would hold the last request back by 32 of them.
+
+One event loop (a selector over every BMC link, in the thread that serves the
+HTTP request) sends every BMC its request and then takes in whichever
 link has data: each chunk is split into frames and its complete families are
 checked and labelled as they come (`expo.Reader`), so the work overlaps the BMCs'
 own render time and little is left when the last answer arrives. Whatever has
@@ -38,7 +43,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Deque, Dict, List, Optional, Tuple, Type
+from typing import Callable, Deque, Dict, List, Optional, Tuple, Type, TypeVar
 
 from bmc import codec
 
@@ -52,6 +57,7 @@ DEFAULT_TIMEOUT = 3.0
 _BUSY_MARGIN = 0.1  # seconds before the deadline a wait for a held port gives up
 WORKERS = 32  # threads for opens and closes that wait on the device (a rack's, at once)
 _REQUEST = codec.dumps({"cmd": "metrics", "args": {}})
+_T = TypeVar("_T")
 
 
 class LinkManager:
@@ -324,6 +330,23 @@ class Scraper:
         return merger
 
 
+def _opened(port: discovery.BmcPort, open_at: Callable[[str], _T]) -> _T:
+    """`open_at(port.path)`, the path this scrape's discovery gave; if nothing is
+    there any more, at the path the port's resolver finds now (the BMC rebooted and
+    came back as another tty). LinkGone if it is gone."""
+    try:
+        return open_at(port.path)
+    except LinkGone:
+        old = port.path
+        try:
+            path = port.resolve()
+        except NoBmcFound as e:
+            raise LinkGone(e.message) from None
+        if path == old:
+            raise
+        return open_at(path)
+
+
 class _Fetch:
     """One BMC's scrape in flight."""
 
@@ -379,17 +402,13 @@ class _Loop:
         f = _Fetch(port, res, self._next_rid())
         self.fetches.append(f)
         try:
-            try:
-                path = port.resolve()
-            except NoBmcFound as e:
-                raise LinkGone(e.message) from None
             if self._waits(f) or self.links.closing(name) is not None:
-                self._to_worker(f, path)
+                self._to_worker(f)
                 return
             try:
-                link = self.link_class(path)
+                link = _opened(port, self.link_class)
             except PortBusy:
-                self._to_worker(f, path)  # waits there for its turn
+                self._to_worker(f)  # waits there for its turn
                 return
             self._add(f, link)
             self.unsent.append(f)
@@ -431,7 +450,7 @@ class _Loop:
                     self._fail(f, e)
 
     # -- on worker threads ----------------------------------------------------
-    def _to_worker(self, f: _Fetch, path: str) -> None:
+    def _to_worker(self, f: _Fetch) -> None:
         if self._wake_r < 0:
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
@@ -439,9 +458,9 @@ class _Loop:
             self.sel.register(self._wake_r, selectors.EVENT_READ, None)
         f.in_worker = True
         self.in_worker += 1
-        self.workers.submit(self._open_in_worker, f, path)
+        self.workers.submit(self._open_in_worker, f)
 
-    def _open_in_worker(self, f: _Fetch, path: str) -> None:
+    def _open_in_worker(self, f: _Fetch) -> None:
         """Open and lock the port (after the last use's close, and after a program
         holding it), then hand it to the loop, which sets it up and sends the request.
         Only what may wait runs here: a thread holding the interpreter lock between
@@ -458,7 +477,8 @@ class _Loop:
                 except Exception:
                     raise PortBusy(f"port {name}: its last close has not finished") from None
             wait = max(self.deadline - _BUSY_MARGIN - time.monotonic(), 0.0)
-            fd = self.link_class.open_port(path, wait)  # PortBusy says how long it waited
+            # PortBusy says how long it waited
+            fd = _opened(f.port, lambda path: self.link_class.open_port(path, wait))
         except BaseException as e:
             err = e
         with self._handoff:
