@@ -113,12 +113,13 @@ def test_bmcctl_lists_usb_bmcs_by_slot_with_their_location(
         fakes.stop_all()
 
 
-def test_a_bridge_scrape_enumerates_usb_once_and_follows_a_bmc_to_its_new_tty(
+def test_bridge_scrapes_enumerate_usb_once_and_follow_a_bmc_to_its_new_tty(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An enumeration reads sysfs for every serial port on the host: a scrape makes one,
-    not one more per BMC. A BMC that re-enumerated under another tty after that listing
-    is looked up again and scraped there; one that is gone is down, the others up."""
+    """An enumeration reads sysfs for every serial port on the host: a scrape makes at
+    most one, not one more per BMC, and scrapes within a second (Prometheus probing
+    every BMC at once) share it. A BMC that came back as another tty since is looked up
+    again and scraped there; one that is gone is down, the others up."""
     from racklet_host.bridge.scrape import Scraper
     from serial.tools import list_ports
 
@@ -130,29 +131,34 @@ def test_a_bridge_scrape_enumerates_usb_once_and_follows_a_bmc_to_its_new_tty(
             _info(str(fakes.rack / f"slot{n}"), f"1-1.2.{n}:1.0", serial_number=f"SERIAL0{n}")
             for n in (1, 2, 3)
         ]
-        stale: List[List[Any]] = []  # listings that the next enumerations return
         calls = []
 
         def comports() -> List[Any]:
             calls.append(1)
-            return stale.pop(0) if stale else list(infos)
+            return list(infos)
 
         monkeypatch.setattr(list_ports, "comports", comports)
         monkeypatch.delenv(discovery.ENV_RACK, raising=False)
         monkeypatch.setenv(discovery.ENV_HUB, "1-1.2")
-        scraper = Scraper(timeout=3.0)
+        everyone = [
+            ("slot1", True, "SERIAL01"),
+            ("slot2", True, "SERIAL02"),
+            ("slot3", True, "SERIAL03"),
+        ]
+        fresh = Scraper(timeout=3.0, usb_listing_age=0.0)
         for _ in range(2):
-            results = scraper.scrape()
-            assert [(r.slot, r.up, r.serial) for r in results] == [
-                ("slot1", True, "SERIAL01"),
-                ("slot2", True, "SERIAL02"),
-                ("slot3", True, "SERIAL03"),
-            ]
-        assert len(calls) == 2
+            assert [(r.slot, r.up, r.serial) for r in fresh.scrape()] == everyone
+        assert len(calls) == 2  # one a scrape
 
-        # between this scrape's listing and its opens, slot2 comes back as another tty
-        # and slot3 is unplugged
-        stale.append(list(infos))
+        calls.clear()
+        scraper = Scraper(timeout=3.0, usb_listing_age=60.0)
+        for _ in range(3):
+            assert [(r.slot, r.up, r.serial) for r in scraper.scrape()] == everyone
+        port = scraper.find("SERIAL02")
+        assert port is not None and port.name == "slot2"
+        assert len(calls) == 1  # one listing for them all
+
+        # after that listing, slot2 comes back as another tty and slot3 is unplugged
         moved = tmp_path / "ttyACM9"
         (fakes.rack / "slot2").rename(moved)
         infos[1] = _info(str(moved), "1-1.2.2:1.0", serial_number="SERIAL02")
@@ -166,6 +172,11 @@ def test_a_bridge_scrape_enumerates_usb_once_and_follows_a_bmc_to_its_new_tty(
             ("slot3", False, "SERIAL03"),
         ]
         assert results[2].error == "link_gone" and "no BMC at USB port" in results[2].message
-        assert len(calls) == 3  # the listing, then a look-up for each of the two missing
+        assert len(calls) == 2  # a look-up for each of the two missing
+        assert [(r.slot, r.up) for r in scraper.scrape()] == [
+            ("slot1", True),
+            ("slot2", True),  # where the look-up found it
+            ("slot3", False),
+        ]
     finally:
         fakes.stop_all()

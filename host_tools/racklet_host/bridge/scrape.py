@@ -1,11 +1,12 @@
 """Scraping every BMC in parallel, each within its own deadline.
 
-Each scrape rediscovers the BMCs (a listing of the rack directory or one
-enumeration of the USB serial ports), so BMCs that come and go are picked up and
-dropped without a restart. A port is opened at the path that listing gave; only
-when nothing is there any more (the BMC re-enumerated under another tty since) is
-it looked up again: an enumeration reads several sysfs files for every serial
-port on the host, and one per BMC would hold the last request back by 32 of them.
+Each scrape rediscovers the BMCs (a listing of the rack directory, or an
+enumeration of the USB serial ports at most once a second: `Scraper.ports`), so
+BMCs that come and go are picked up and dropped without a restart. A port is
+opened at the path that listing gave; only when nothing is there any more (the
+BMC re-enumerated under another tty since) is it looked up again: an
+enumeration reads several sysfs files for every serial port on the host, and
+one per BMC would hold the last request back by 32 of them.
 
 One event loop (a selector over every BMC link, in the thread that serves the
 HTTP request) sends every BMC its request and then takes in whichever
@@ -56,6 +57,7 @@ from . import expo
 DEFAULT_TIMEOUT = 3.0
 _BUSY_MARGIN = 0.1  # seconds before the deadline a wait for a held port gives up
 WORKERS = 32  # threads for opens and closes that wait on the device (a rack's, at once)
+USB_LISTING_AGE = 1.0  # seconds a USB listing serves the scrapes that follow (see ports)
 _REQUEST = codec.dumps({"cmd": "metrics", "args": {}})
 _T = TypeVar("_T")
 
@@ -168,6 +170,7 @@ class Scraper:
         links: Optional[LinkManager] = None,
         link_class: Type[Link] = Link,
         hub: Optional[str] = None,
+        usb_listing_age: float = USB_LISTING_AGE,
     ) -> None:
         self.rack = rack
         self.hub = hub  # the backplane hub's USB path: slots named below it (discovery)
@@ -183,16 +186,36 @@ class Scraper:
         self.scrapes = 0
         self._lock = threading.Lock()
         self._running: Optional[_Running] = None  # the scrape of every BMC under way
+        self.usb_listing_age = usb_listing_age
+        self._usb_listing: Optional[Tuple[float, List[discovery.BmcPort]]] = None
+        self._listing_lock = threading.Lock()
 
     # -- which BMCs -----------------------------------------------------------
     def ports(self) -> List[discovery.BmcPort]:
+        """The BMCs there now.
+
+        A rack directory is listed for every scrape. The USB bus is enumerated at most
+        once every `usb_listing_age` seconds: an enumeration reads several sysfs files
+        for every serial port on the host (milliseconds for a rack of BMCs, more on a
+        Raspberry Pi), and Prometheus probing each BMC (`/probe`, one request per BMC,
+        all at once) would make one per BMC. A listing that is out of date costs
+        nothing: a BMC that left is down at the open, one that came back as another
+        tty is looked up again there (`_opened`), and one that is new is found by the
+        next enumeration.
+        """
         if self._lister is not None:
             return self._lister()
         rack = self.rack or os.environ.get(discovery.ENV_RACK) or None
         try:
             if rack:
                 return discovery.rack_ports(rack)
-            return discovery.usb_ports(self.hub)
+            with self._listing_lock:  # probes that come together wait for one listing
+                last = self._usb_listing
+                if last is not None and time.monotonic() - last[0] < self.usb_listing_age:
+                    return list(last[1])
+                ports = discovery.usb_ports(self.hub)
+                self._usb_listing = (time.monotonic(), ports)
+                return list(ports)
         except NoBmcFound:
             with self._lock:
                 self.discovery_errors += 1
