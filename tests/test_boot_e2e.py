@@ -309,7 +309,9 @@ def test_usb_boot_end_to_end(
     since = last_seq(rack, 1, admin)
     before = metrics(rack, 1)
     r = rom(1, sessions=PI4_SESSIONS)
+    t0 = time.monotonic()
     assert boot_usb(rack, admin, 1, cache, r.path) == 0
+    took = time.monotonic() - t0
     out = capsys.readouterr()
     assert "booted, served bootcode4.bin" in out.out, out.err
     assert r.wait(10) and not r.failures, r.log
@@ -356,6 +358,8 @@ def test_usb_boot_end_to_end(
     streamed += len(files["fixup4.dat"]) + len(r.received["cmdline.txt"])
     streamed += len(r.received["racklet-inventory.json"]) + len(files["config.txt"])
     assert delta("bmc_boot_streamed_bytes_total") == streamed
+    # the streams' own time on the BMC: some, and less than the whole boot took
+    assert 0 < delta("bmc_boot_stream_seconds_total") < took
     assert after['bmc_usb_boot_state{bmc_usb_boot_state="done"}'] == 1
 
 

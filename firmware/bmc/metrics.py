@@ -433,6 +433,13 @@ def _boot(bf, out):
         "bmc_boot_streamed_bytes", "counter", "Boot file bytes streamed over the link", "bytes"
     )
     out.sample("bmc_boot_streamed_bytes_total", c["bytes_streamed"])
+    out.family(
+        "bmc_boot_stream_seconds",
+        "counter",
+        "Time spent streaming boot files, from each request's turn to its last chunk",
+        "seconds",
+    )
+    out.sample("bmc_boot_stream_seconds_total", c["stream_us"] / 1000000)
     out.family("bmc_boot_refusals", "counter", "Boot file requests refused, by reason")
     for k in ("digest_mismatch", "missing", "refused", "conflict"):
         out.sample("bmc_boot_refusals_total", c[k], "reason", k)

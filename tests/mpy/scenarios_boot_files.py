@@ -335,8 +335,45 @@ def scenario_manifest_upload_outside_the_file_space(root):
     assert m["count"] == 32 and m["bmc_bytes"] == len(small), m
 
 
+def scenario_stream_time_counted(root):
+    """The time streams take on the BMC, up to their last chunk, adds up in boot-status
+    and in bmc_boot_stream_seconds_total: here a link that takes 1 ms a frame."""
+    rig = fresh(root)
+    admin, op = admin_and_operator(rig)
+    start = blob(9000, 2)  # five chunks: four full, one of 808 bytes
+    upload(rig, admin, start)
+    ok(
+        rig.host.call(
+            "boot-manifest-set", {"files": _manifest([("start4.elf", start, "bmc")])}, key=admin
+        )
+    )
+    r, got = read_file(rig, op, "start4.elf")  # the sidecar is written here
+    assert got == start, r
+    pipe = rig.board.link
+    plain = pipe.write
+
+    def slow(data):
+        rig.clock.advance(1)
+        return plain(data)
+
+    before = ok(rig.host.call("boot-status"))["counters"]
+    pipe.write = slow
+    for _ in range(2):
+        r, got = read_file(rig, op, "start4.elf")
+        assert got == start and len(rig.host.last_chunks) == 5, r
+    pipe.write = plain
+    after = ok(rig.host.call("boot-status"))["counters"]
+    assert after["stream_us"] - before["stream_us"] == 10000, (before, after)
+    assert after["bytes_streamed"] - before["bytes_streamed"] == 18000, (before, after)
+    ok(rig.host.call("metrics"))
+    text = b"".join(rig.host.last_chunks).decode()
+    line = [x for x in text.splitlines() if x.startswith("bmc_boot_stream_seconds_total ")]
+    assert len(line) == 1 and float(line[0].split()[1]) == after["stream_us"] / 1000000, line
+
+
 SCENARIOS = [
     scenario_upload_manifest_and_read,
+    scenario_stream_time_counted,
     scenario_upload_refusals,
     scenario_manifest_of_32_uploaded,
     scenario_manifest_upload_refusals,
