@@ -178,7 +178,7 @@ def measure() -> Dict[str, Any]:
 
                 fw: List[float] = []
                 raw: List[float] = []
-                in_fw = client.call("boot-status", auth=False)["counters"]["stream_us"]
+                in_fw = client.call("boot-status", auth=False)["counters"]["stream_ms"]
                 for i in range(WARMUP + ROUNDS):
                     frame = _signed_frame(client, key, args)  # untimed: nonce and MAC
                     t_raw, c_raw, r_raw = _timed(bulk.link, frame, RID)
@@ -189,7 +189,7 @@ def measure() -> Dict[str, Any]:
                         raw.append(t_raw)
                         fw.append(t_fw)
 
-                in_fw = client.call("boot-status", auth=False)["counters"]["stream_us"] - in_fw
+                in_fw = client.call("boot-status", auth=False)["counters"]["stream_ms"] - in_fw
                 calls: List[float] = []
                 for _ in range(ROUNDS_CALL):
                     got: List[bytes] = []
@@ -211,7 +211,7 @@ def measure() -> Dict[str, Any]:
         "calls": calls,
         "frames": len(frames),
         "wire_bytes": wire,
-        "fw_stream_s": in_fw / 1e6 / (WARMUP + ROUNDS),
+        "fw_stream_s": in_fw / 1e3 / (WARMUP + ROUNDS),
         "heap_peak": st.get("heap_peak"),
         "heap_size": st.get("heap_size"),
         "heap_live": live,

@@ -80,7 +80,7 @@ REPORT_EVENTS = ("check", "serve", "mismatch", "missing", "refused", "done", "fa
 COUNTERS = (
     "files_served",
     "bytes_streamed",
-    "stream_us",
+    "stream_ms",
     "digest_mismatch",
     "missing",
     "refused",
@@ -149,7 +149,7 @@ class BootFiles:
         self.session_missing = 0
         self.heap_peak = 0  # heap allocated at its highest during the last stream (bootserve)
         self._peak_due = -1  # a stream ended: its high-water mark is sampled after its reply
-        self._t0 = 0  # ticks_us when the stream being served began
+        self._t0 = 0  # ticks_ms when the stream being served began
         self.power = None  # set by cmd_boot: needs set_boot_mode() and an action runner
         self.power_action = self._no_power  # cmd_boot: power-cycles the SBC
         self.mux = None  # a bmc.lines Line (role usb_mux) or None
@@ -180,7 +180,9 @@ class BootFiles:
         return self._serve("summary")
 
     def stream(self, name, gen, sha, req):
-        self._t0 = self.clock.ticks_us()  # the stream's time, up to its last chunk: streamed
+        # The stream's time, up to its last chunk (`streamed`), in ms: a stream shorter than
+        # a tick counts 0 or 1 as the tick falls, so many of them add up right on average.
+        self._t0 = self.clock.ticks_ms()
         # A stored ("bmc") file the manifest lists as asked is served by resident code:
         # a USB boot reads one file after another, and loading bmc.bootserve for each
         # (and collecting it after) costs more than the transfer. Everything else
@@ -264,7 +266,7 @@ class BootFiles:
         tick, after the reply, so a relay's next request is not held up by it."""
         self._peak_due = peak
         c = self.counters
-        c["stream_us"] += self.clock.ticks_diff(self.clock.ticks_us(), self._t0)
+        c["stream_ms"] += self.clock.ticks_diff(self.clock.ticks_ms(), self._t0)
         c["bytes_streamed"] += sent
         if sent != e[1]:
             raise errors.CmdError(

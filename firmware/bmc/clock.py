@@ -6,16 +6,15 @@ ticks wrap at 2**30 exactly as on a 32-bit port such as the RP2040, so a test ca
 start just below the wrap and prove that deadlines survive it (the unix port
 wraps at 2**62 and would hide the bug).
 
-Both offer `ticks_ms()`, `ticks_us()` (for durations: `ticks_diff` of two),
-`ticks_diff(a, b)`, `ticks_add(t, delta)`, `sleep_ms(ms)` and `uptime_ms()`.
-Core code never compares raw ticks with `<`. `uptime_ms()` keeps counting past
-the wrap as long as it is called at least once every 2**29 ms (~6 days); the main
-loop calls it every pass.
+Both offer `ticks_ms()`, `ticks_diff(a, b)`, `ticks_add(t, delta)`,
+`sleep_ms(ms)` and `uptime_ms()`. Core code never compares raw ticks with `<`.
+`uptime_ms()` keeps counting past the wrap as long as it is called at least
+once every 2**29 ms (~6 days); the main loop calls it every pass.
 """
 
 import time as _time
 
-from bmc.compat import const, ticks_add, ticks_diff, ticks_ms, ticks_us
+from bmc.compat import const, ticks_add, ticks_diff, ticks_ms
 
 _HAS_SLEEP_MS = hasattr(_time, "sleep_ms")
 
@@ -41,9 +40,6 @@ class Clock:
 
     def ticks_ms(self):
         return ticks_ms()
-
-    def ticks_us(self):
-        return ticks_us()
 
     def ticks_diff(self, a, b):
         return ticks_diff(a, b)
@@ -80,9 +76,6 @@ class ManualClock(Clock):
 
     def ticks_ms(self):
         return self._now
-
-    def ticks_us(self):
-        return (self._now * 1000) & _MASK
 
     def ticks_diff(self, a, b):
         return ((a - b + _HALF) & _MASK) - _HALF

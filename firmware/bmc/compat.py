@@ -9,7 +9,7 @@ except ImportError:  # CPython: host tools and unit tests
 
 
 try:
-    from time import ticks_add, ticks_diff, ticks_ms, ticks_us  # noqa: F401
+    from time import ticks_add, ticks_diff, ticks_ms  # noqa: F401
 except ImportError:  # CPython: the type checks run against MicroPython's stubs
     import time as _time
 
@@ -18,9 +18,6 @@ except ImportError:  # CPython: the type checks run against MicroPython's stubs
 
     def ticks_ms():  # type: ignore[misc]
         return int(_time.monotonic() * 1000) & (_PERIOD - 1)  # type: ignore[attr-defined]
-
-    def ticks_us():  # type: ignore[misc]
-        return int(_time.monotonic() * 1000000) & (_PERIOD - 1)  # type: ignore[attr-defined]
 
     def ticks_add(t, delta):  # type: ignore[misc,no-redef]
         return (t + delta) & (_PERIOD - 1)

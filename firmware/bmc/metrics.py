@@ -439,7 +439,7 @@ def _boot(bf, out):
         "Time spent streaming boot files, from each request's turn to its last chunk",
         "seconds",
     )
-    out.sample("bmc_boot_stream_seconds_total", c["stream_us"] / 1000000)
+    out.sample("bmc_boot_stream_seconds_total", c["stream_ms"] / 1000)
     out.family("bmc_boot_refusals", "counter", "Boot file requests refused, by reason")
     for k in ("digest_mismatch", "missing", "refused", "conflict"):
         out.sample("bmc_boot_refusals_total", c[k], "reason", k)
