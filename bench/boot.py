@@ -20,8 +20,8 @@ last chunk written (`bmc_boot_stream_seconds_total`), which tells the firmware's
 from the request's way in and the host's; and the BMC's heap high-water mark while it
 streamed (`boot-status` `heap_peak`: bytes allocated, garbage not yet collected
 included) and, for comparison, the heap during a metrics scrape
-(`bmc_heap_allocated_bytes`, after the scrape's collection, with
-the renderer loaded). Nothing here asserts on speed.
+(`bmc_heap_allocated_bytes`, after the scrape's collection, with the renderer loaded).
+Nothing here asserts on speed.
 """
 
 from __future__ import annotations
