@@ -279,3 +279,18 @@ def test_boot_manifest_count_checked() -> None:
                 c.boot_manifest()
     finally:
         p.close()
+
+
+def test_arguments_that_cannot_be_signed_or_sent_are_refused_here(peer: Peer, key: Key) -> None:
+    """A float (no MAC covers one) or a lone surrogate (from an undecodable command
+    line) is refused before anything goes out, and the nonce fetched is kept."""
+    with BmcClient.open(peer.path, key=key) as c:
+        with pytest.raises(errors.Invalid, match="cannot be signed: a string holds a lone"):
+            c.call("console-write", {"data": "\udcff"})
+        with pytest.raises(errors.Invalid, match="cannot be signed: unsupported value"):
+            c.call("config-set", {"key": "min_off_ms", "value": 1.5})
+        with pytest.raises(errors.Invalid, match="request not sent: a string holds a lone"):
+            c.call("status", {"x": "\udcff"}, auth=False)
+        assert [m["cmd"] for m in peer.seen] == ["nonce", "hello"]  # hello: the serial
+        assert c.power("On")["power"] == "On"  # signed with that nonce
+        assert [m["cmd"] for m in peer.seen] == ["nonce", "hello", "power"]

@@ -73,6 +73,42 @@ def test_canon_is_the_same_bytes_on_micropython(index: int, micropython_run: str
     )
 
 
+# reads payloads (hex, a line each) as the firmware does; prints canon(args) of each
+_FIRMWARE_PARSE = """
+import sys, binascii
+sys.path.insert(0, %r)
+from bmc import codec
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    args = codec.loads(binascii.unhexlify(line.strip()))["args"]
+    print(binascii.hexlify(codec.canon(args).encode()).decode())
+"""
+
+
+def test_what_the_host_sends_the_firmware_reads_and_signs_unchanged() -> None:
+    """A request's arguments, through the host's codec.dumps and the firmware's
+    codec.loads, are the strings the host signed: an emoji escaped as a surrogate
+    pair would reach MicroPython as two characters, and its MAC would not verify."""
+    samples = wire_cases.CANON_SAMPLES
+    lines = "".join(codec.dumps({"cmd": "x", "args": a}).hex() + "\n" for a in samples)
+    proc = subprocess.run(
+        [str(MICROPYTHON), "-X", "heapsize=192K", "-c", _FIRMWARE_PARSE % str(REPO / "firmware")],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    got = [bytes.fromhex(x).decode("utf-8", "replace") for x in proc.stdout.split()]
+    assert got == [codec.canon(a) for a in samples], proc.stderr
+
+
+def test_a_lone_surrogate_is_refused_before_it_is_sent() -> None:
+    with pytest.raises(ValueError, match="lone surrogate"):
+        codec.dumps({"cmd": "console-write", "args": {"data": "\udcff"}})
+
+
 def test_hmac_matches_stdlib_on_random_inputs() -> None:
     rng = random.Random(4231)
     for n in range(200):

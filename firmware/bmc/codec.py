@@ -381,8 +381,19 @@ def encode_frame(kind, req_id, payload, version=PROTO_VERSION):
 
 
 def dumps(obj):
-    """JSON bytes of a message."""
-    return json.dumps(obj).encode()
+    """JSON bytes of a message, non-ASCII characters as UTF-8.
+
+    Not as \\u escapes (CPython's default): MicroPython's parser makes two
+    characters of an escaped surrogate pair (a character beyond U+FFFF), so the
+    firmware would read, and check a MAC over, another string than was sent."""
+    if _MPY:
+        return json.dumps(obj).encode()  # MicroPython escapes no non-ASCII
+    try:
+        return json.dumps(obj, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ValueError(
+            "a string holds a lone surrogate (not Unicode): it cannot be sent"
+        ) from None
 
 
 def loads(payload):

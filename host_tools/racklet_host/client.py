@@ -26,7 +26,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypedDi
 from bmc import codec
 from bmc import power as _power
 
-from .errors import BmcError, LinkGone, NoBmcFound, ProtocolError, Timeout, from_wire
+from .errors import (
+    BmcError,
+    Invalid,
+    LinkGone,
+    NoBmcFound,
+    ProtocolError,
+    Timeout,
+    from_wire,
+)
 from .keys import Key
 from .transport import Link
 
@@ -212,7 +220,10 @@ class BmcClient:
         on_chunk: Optional[ChunkSink] = None,
     ) -> Args:
         """Send one request message as is and return its response data."""
-        payload = codec.dumps(msg)
+        try:
+            payload = codec.dumps(msg)
+        except ValueError as e:  # text that is not Unicode (a lone surrogate)
+            raise Invalid(f"{msg.get('cmd')}: request not sent: {e}") from None
         if len(payload) > codec.MAX_PAYLOAD:
             raise ProtocolError(f"request too large ({len(payload)} bytes)")
         return self.request_raw(payload, timeout=timeout, on_chunk=on_chunk)
@@ -291,10 +302,18 @@ class BmcClient:
         """
         cached, self._next_nonce = self._next_nonce, None
         if cached is not None and time.monotonic() - cached[1] < NONCE_REUSE_S:
-            nonce = cached[0]
+            nonce, issued = cached
         else:
-            nonce = self.nonce()["nonce"]
-        mac = key.mac(codec.mac_input(self.serial, nonce, cmd, args))
+            nonce, issued = self.nonce()["nonce"], time.monotonic()
+        try:
+            text = codec.mac_input(self.serial, nonce, cmd, args)
+        except ValueError as e:
+            self._next_nonce = (nonce, issued)  # not used: good for the next command
+            why = "a string holds a lone surrogate (not Unicode)"
+            if not isinstance(e, UnicodeEncodeError):
+                why = str(e)  # a float: no MAC covers one
+            raise Invalid(f"{cmd}: its arguments cannot be signed: {why}") from None
+        mac = key.mac(text)
         return {"key": key.key_id, "nonce": nonce, "mac": mac.hex()}
 
     def stream(
