@@ -231,3 +231,17 @@ def test_wrong_arguments_get_clear_refusals_and_leave_the_bmc_whole(bmc: BmcClie
     faults = [e for e in events if e.get("cause") == "internal"]
     assert not faults, faults
     assert _internal_results(bmc.metrics()) == 0
+
+
+def test_arguments_nested_past_the_stack_are_refused_clearly(bmc: BmcClient) -> None:
+    """The MAC's canonical text is made by recursion: nesting deeper than the BMC's
+    stack allows (less deep on an RP2040 than here) is refused, not an internal error."""
+    deep: Any = "x"
+    for _ in range(200):  # the unix port's stack takes some 60 levels of it, not 100
+        deep = [deep]
+    with pytest.raises(errors.AuthFailed, match="arguments cannot be authenticated"):
+        bmc.call("identify", {"seconds": 1, "deep": deep})
+    assert bmc.status()["auth_failures_in_a_row"] == 1
+    assert bmc.identify(0) == {"seconds": 0}  # a good MAC ends the run of failures
+    assert bmc.status()["auth_failures_in_a_row"] == 0
+    assert _internal_results(bmc.metrics()) == 0

@@ -244,7 +244,7 @@ class Auth:
         h = key.begin()
         try:  # the MAC input straight into the hash: no copy of the arguments' text
             codec.mac_feed(self.serial, nonce, cmd, args, feeder(h))
-        except ValueError:
+        except (ValueError, RuntimeError):  # a float; lists or objects nested past the stack
             self._fail("malformed", cmd, "arguments cannot be authenticated")
         if not ct_equal(key.end(h), mac):
             self._fail("bad_mac", cmd, "MAC does not verify")
