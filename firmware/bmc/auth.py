@@ -219,7 +219,9 @@ class Auth:
                 {"retry_ms": left},
             )
         if auth is None:
-            raise errors.CmdError(errors.AUTH_REQUIRED, "%s needs a %s key" % (cmd, need))
+            raise errors.CmdError(
+                errors.AUTH_REQUIRED, "%s needs the %s role: sign it with a key" % (cmd, need)
+            )
         if not isinstance(auth, dict):
             self._fail("malformed", cmd, "auth must be an object")
         kid = auth.get("key")
