@@ -181,6 +181,40 @@ def test_hung_bmc_is_down_and_the_others_answer(bridge: str, fakes: Fakes) -> No
     assert by_slot(v, "bmc_up") == {"slot1": 1, "slot2": 1, "slot3": 1}
 
 
+def test_prometheus_scrape_timeout_header_sets_the_scrape_budget(bridge: str, fakes: Fakes) -> None:
+    """Prometheus says how long it waits (X-Prometheus-Scrape-Timeout-Seconds): a hung
+    BMC is given up half a second before that. A header that is not a finite number
+    ("nan" and "inf" parse as floats) leaves the configured timeout."""
+
+    def scrape(header: str) -> Samples:
+        req = urllib.request.Request(bridge + "/metrics")
+        req.add_header("Accept", OM_ACCEPT)
+        req.add_header("X-Prometheus-Scrape-Timeout-Seconds", header)
+        with urllib.request.urlopen(req, timeout=TIMEOUT + 3) as resp:
+            text = resp.read().decode()
+        assert omcheck.openmetrics(text) == [], header
+        return samples(text)
+
+    for header in ("nan", "inf", "-inf", "soon", "-1"):
+        assert by_slot(scrape(header), "bmc_up") == {"slot1": 1, "slot2": 1, "slot3": 1}
+    fakes.procs[1].send_signal(signal.SIGSTOP)
+    try:
+        v = scrape("0.8")
+    finally:
+        fakes.procs[1].send_signal(signal.SIGCONT)
+    assert by_slot(v, "bmc_up") == {"slot1": 0, "slot2": 1, "slot3": 1}
+    # given up at 0.8 - 0.5 s, not at the bridge's own TIMEOUT
+    assert by_slot(v, "bmc_scrape_duration_seconds")["slot1"] < TIMEOUT - 0.5
+
+
+def test_unknown_probe_target_is_named_shortly(bridge: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        get(bridge + "/probe?target=" + "x" * 5000)
+    assert ei.value.code == 404
+    body = ei.value.read().decode()
+    assert body.startswith("no BMC matches target 'xxx") and len(body) < 200, body
+
+
 def test_unplugged_bmc_then_removed_and_a_new_one(bridge: str, fakes: Fakes) -> None:
     get(bridge + "/metrics", OM_ACCEPT)
     fakes.procs[3].kill()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import html
+import math
 import os
 import signal
 import sys
@@ -91,11 +92,15 @@ class Bridge:
         self.scraper = scraper
 
     def budget(self, header: Optional[str]) -> Optional[float]:
+        """The scrape's time from Prometheus's timeout header, a little before it; None
+        (the configured timeout) when there is none or it is not a finite number."""
         if not header:
             return None
         try:
             value = float(header)
         except ValueError:
+            return None
+        if not math.isfinite(value):  # "nan" and "inf" parse, and would reach select()
             return None
         return max(value - _HEADROOM, 0.1)
 
@@ -149,7 +154,7 @@ def make_handler(bridge: Bridge, idle_timeout: float) -> Type[BaseHTTPRequestHan
                         return
                     body = bridge.probe(targets[0], om, budget)
                     if body is None:
-                        self._error(404, f"no BMC matches target '{targets[0]}'")
+                        self._error(404, f"no BMC matches target {targets[0][:80]!r}")
                         return
                     self._send(200, body, ctype)
                 elif url.path == "/":
