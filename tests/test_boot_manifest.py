@@ -377,6 +377,30 @@ def test_bad_files_list_refused(rack: Rack, admin: Path, pushed: Dict[str, Any])
         refused(hashlib.sha256(b"nothing").hexdigest(), "upload it whole first")
 
 
+def test_host_side_problems_are_named_not_internal(
+    rack: Rack, admin: Path, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A host cache that cannot be written and a key file that is not text (a DER
+    key) are the user's to fix: a usage error that says what, not `internal`."""
+    big = work / "big.img"
+    big.write_bytes(os.urandom(ON_BMC_MAX + 1))
+    blocker = work / "not-a-folder"
+    blocker.write_text("")
+    capsys.readouterr()
+    argv = ["--json", "boot", "manifest", "set", "slot1", "--cache", str(blocker / "cache")]
+    argv += ["--on-bmc-max", str(ON_BMC_MAX), "--file", str(big)]
+    assert bmcctl(rack, admin, *argv) == cli.EXIT_USAGE
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["error"] == "usage", row
+    assert f"cannot copy {big} into the host cache" in row["message"], row
+    der = work / "key.der"
+    der.write_bytes(bytes.fromhex("302a300506032b6570032100") + os.urandom(32))
+    argv = ["inventory", "set", "slot1", "--url", "https://inv.example/r", "--key", str(der)]
+    assert bmcctl(rack, admin, *argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "is not text" in err and "openssl pkey -pubin -inform DER" in err, err
+
+
 def flip_on_flash(rack: Rack, piece: bytes) -> None:
     """Change one byte of every copy of `piece` in slot 1's littlefs image."""
     image = rack.path / "slot1.img"

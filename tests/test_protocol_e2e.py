@@ -200,6 +200,9 @@ def test_usage_errors(ctl: Ctl) -> None:
     assert code == errors.EXIT_USAGE
     code, _, err = ctl("power", "On", "1")  # no key file anywhere
     assert code == errors.EXIT_USAGE and "--key-file" in err
+    for bad in ("nan", "inf", "0", "-1", "soon"):
+        code, _, err = ctl("--timeout", bad, "status", "1")
+        assert code == errors.EXIT_USAGE and "not a positive number of seconds" in err, bad
 
 
 # -- keys: provisioning, roles, rotation, revocation -------------------------------

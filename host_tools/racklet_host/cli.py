@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -80,11 +81,22 @@ def _add_global_options(p: argparse.ArgumentParser, top: bool) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=d(DEFAULT_TIMEOUT),
         metavar="S",
         help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT:g})",
     )
+
+
+def _seconds(text: str) -> float:
+    """A timeout: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 class _CommandParser(argparse.ArgumentParser):

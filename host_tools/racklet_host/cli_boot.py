@@ -102,8 +102,13 @@ def read_key_files(paths: List[str]) -> List[str]:
         try:
             with open(p, encoding="utf-8") as f:
                 text = f.read().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read key file {p}: {e}") from None
+        except UnicodeDecodeError:
+            raise UsageError(
+                f"key file {p} is not text (PEM, hex or TUF root JSON); a DER key becomes "
+                f"PEM with: openssl pkey -pubin -inform DER -in {p} -outform PEM"
+            ) from None
+        except OSError as e:
+            raise UsageError(f"cannot read key file {p}: {e.strerror}") from None
         if text.startswith("{"):
             try:  # TUF root metadata: compact, so it fits one request
                 text = json.dumps(json.loads(text), separators=(",", ":"))
@@ -266,18 +271,27 @@ def manifest_set(
 ) -> Dict[str, Any]:
     """Upload the small files to the BMC, copy the others into the host cache, then
     replace the manifest (`BmcClient.boot_manifest_set`); the BMC's summary."""
+    from .cli import UsageError
     from .usbboot.relay import Cache
 
     cache = Cache(cache_dir)
     entries = []
     for name, path in files:
-        with open(path, "rb") as f:
-            data = f.read()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror}") from None
         if len(data) <= on_bmc_max or name == "cmdline.txt":
             sha = c.boot_file_put(data)
             src = "bmc"
         else:
-            sha, _ = cache.add(path)
+            try:
+                sha, _ = cache.add(path)
+            except OSError as e:
+                raise UsageError(
+                    f"cannot copy {path} into the host cache {cache_dir}: {e.strerror}"
+                ) from None
             src = "host"
         entries.append({"name": name, "size": len(data), "sha256": sha, "src": src})
     return c.boot_manifest_set(entries)

@@ -225,7 +225,10 @@ class BmcClient:
         except ValueError as e:  # text that is not Unicode (a lone surrogate)
             raise Invalid(f"{msg.get('cmd')}: request not sent: {e}") from None
         if len(payload) > codec.MAX_PAYLOAD:
-            raise ProtocolError(f"request too large ({len(payload)} bytes)")
+            raise ProtocolError(
+                f"request too large ({len(payload)} bytes; a request carries at most"
+                f" {codec.MAX_PAYLOAD})"
+            )
         return self.request_raw(payload, timeout=timeout, on_chunk=on_chunk)
 
     def request_raw(
@@ -310,8 +313,8 @@ class BmcClient:
         except ValueError as e:
             self._next_nonce = (nonce, issued)  # not used: good for the next command
             why = "a string holds a lone surrogate (not Unicode)"
-            if not isinstance(e, UnicodeEncodeError):
-                why = str(e)  # a float: no MAC covers one
+            if not isinstance(e, UnicodeEncodeError):  # no MAC covers a float
+                why = "a number that is not an integer (numbers must be whole)"
             raise Invalid(f"{cmd}: its arguments cannot be signed: {why}") from None
         mac = key.mac(text)
         return {"key": key.key_id, "nonce": nonce, "mac": mac.hex()}
