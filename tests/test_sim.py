@@ -317,6 +317,19 @@ def test_bad_rack_arguments_are_clear_errors(tmp_path: pathlib.Path) -> None:
         )
         assert out.returncode == 1 and msg in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+    (tmp_path / "a-file").write_text("")
+    for rack, msg in (
+        (tmp_path / "a-file", "is not a directory"),
+        (tmp_path / "a-file" / "rack", "cannot use"),
+    ):
+        out = subprocess.run(
+            [str(BIN / "bmc-sim"), "--rack", str(rack), "--boards", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 1 and msg in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
 
 
 def test_a_second_bmc_sim_on_the_same_rack_is_refused(tmp_path: pathlib.Path) -> None:

@@ -342,7 +342,15 @@ class Simulator:
     async def _start(self) -> None:
         from racklet_host import fwbuild
 
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise SimError(f"the rack directory {self.dir} is not a directory")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".bmc-sim-{os.getpid()}"
+            probe.touch()  # the slots' links and images go here
+            probe.unlink()
+        except OSError as e:
+            raise SimError(f"cannot use {self.dir} as the rack directory: {e.strerror}") from None
         try:
             control(self.dir, {"cmd": "status"}, timeout=2)
         except SimError:
@@ -479,11 +487,11 @@ class Simulator:
         for server in self.servers:
             server.close()
         for slot in self.bmcs:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 self.wires_path(slot).unlink()
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 (self.dir / f"slot{slot}").unlink()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # also when the rack directory never was
             self.control_path().unlink()
 
 
