@@ -83,6 +83,22 @@ def test_bad_board_or_missing_port_is_a_clear_error(tmp_path: pathlib.Path) -> N
         text=True,
     )
     assert out.returncode == 1 and "--port is required" in out.stderr
+    missing = str(tmp_path / "ttyACM9")
+    out = subprocess.run(
+        [sys.executable, "-m", "racklet_host.deploy", "--board", "pico-rpi4", "--port", missing],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1 and f"no device at {missing}" in out.stderr, out.stderr
+    (tmp_path / "a-file").write_text("")
+    out = subprocess.run(
+        [sys.executable, "-m", "racklet_host.deploy", "--board", "pico-rpi4", "--dry-run"]
+        + ["--build-dir", str(tmp_path / "a-file" / "build")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1 and "cannot stage the firmware in" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
 
 
 # A stand-in board: the MicroPython unix port, its filesystem a RAM littlefs mounted at

@@ -31,6 +31,7 @@ firmware's CDC interface, no REPL.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import shlex
 import shutil
@@ -231,7 +232,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise DeployError("--port is required (or --dry-run)")
         bf = board_file(args.board)
         out = pathlib.Path(args.build_dir or repo_dir() / "build" / "deploy" / bf.stem)
-        files = stage(bf, out)
+        try:
+            files = stage(bf, out)
+        except OSError as e:
+            where = e.filename or out
+            raise DeployError(f"cannot stage the firmware in {where}: {e.strerror}") from None
         check, install = commands(args.port or "PORT", out, args.usb_cdc)
         if args.dry_run:
             print(f"board {bf.stem} ({bf}); {len(files)} files, staged in {out}")
@@ -242,6 +247,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for cmd in (check, install):
                 print("  " + shlex.join(cmd))
             return 0
+        if args.port.startswith("/") and not os.path.exists(args.port):
+            # a path (mpremote's shortcuts, a0 or id:SERIAL, are not): say so plainly
+            raise DeployError(f"no device at {args.port}: is the board plugged in?")
         tool = mpremote()
         print("+ " + shlex.join(check), flush=True)
         checked = subprocess.run([tool, *check[1:]], capture_output=True, text=True)
