@@ -309,6 +309,28 @@ def test_bmc_sending_a_malformed_exposition_is_down_and_the_rest_stays_valid(
     assert by_slot(v, "fake_slot") == {"slot1": 1, "slot3": 3}
 
 
+def test_a_bmc_that_never_stops_sending_is_cut_off_at_the_size_limit(
+    bridge: str, fakes: Fakes, tmp_path: pathlib.Path
+) -> None:
+    """A text over expo.MAX_TEXT (a BMC gone wrong) is refused as it comes, not held
+    in the bridge's memory until the deadline: that BMC is down, the rest answer."""
+    from racklet_host.bridge import expo
+
+    big = tmp_path / "big.txt"  # valid OpenMetrics, every family its own
+    n = expo.MAX_TEXT // 40 + 100
+    big.write_text("".join(f"# HELP f{i} A\n# TYPE f{i} gauge\nf{i} 1\n" for i in range(n)))
+    with big.open("a") as f:
+        f.write("# EOF\n")
+    assert big.stat().st_size > expo.MAX_TEXT
+    fakes.procs[3].kill()
+    fakes.procs[3].wait()
+    fakes.start(3, "--replay", str(big))
+    v = samples(get(bridge + "/metrics", OM_ACCEPT)[1])
+    assert by_slot(v, "bmc_up") == {"slot1": 1, "slot2": 1, "slot3": 0}
+    reasons = {dict(k[1])["reason"] for k in v if k[0] == "bmc_scrape_errors_total"}
+    assert reasons == {"bad_exposition"}
+
+
 GOOD = """\
 # HELP bmc Firmware version, board and serial
 # TYPE bmc info

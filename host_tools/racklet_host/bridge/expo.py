@@ -77,6 +77,9 @@ _RESERVED: Dict[str, Tuple[str, ...]] = {
 }
 _TYPE_004 = {"counter": "counter", "gauge": "gauge", "info": "gauge", "stateset": "gauge"}
 _RENAMED = ("slot", "serial", "exported_slot", "exported_serial")
+# A BMC's render is about 9 KB; a text this much larger is a BMC gone wrong (a chunk
+# sent over and over), which would otherwise fill the bridge's memory until the deadline.
+MAX_TEXT = 1 << 20
 
 
 class ExpositionError(ValueError):
@@ -398,11 +401,12 @@ class Reader:
     serial from the `bmc` family, once it came) every family is labelled as soon as
     it is checked, so little work is left when the last chunk arrives. Anything
     wrong: `finish` checks the whole text again line by line, for the error with
-    its line number.
+    its line number. A text over MAX_TEXT is refused as it comes.
     """
 
     def __init__(self, slot: Optional[str] = None) -> None:
         self._data: List[bytes] = []
+        self._size = 0
         self._rest = b""
         self._whole = False  # give up on blocks: `finish` checks the whole text
         self._started = False
@@ -414,6 +418,9 @@ class Reader:
         self._labelled: List[str] = []
 
     def feed(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > MAX_TEXT:
+            raise ExpositionError(f"exposition larger than {MAX_TEXT >> 20} MiB: refused")
         self._data.append(data)
         if self._whole:
             return
