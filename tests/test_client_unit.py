@@ -294,3 +294,22 @@ def test_arguments_that_cannot_be_signed_or_sent_are_refused_here(peer: Peer, ke
         assert [m["cmd"] for m in peer.seen] == ["nonce", "hello"]  # hello: the serial
         assert c.power("On")["power"] == "On"  # signed with that nonce
         assert [m["cmd"] for m in peer.seen] == ["nonce", "hello", "power"]
+
+
+def test_an_answer_that_never_ends_is_cut_off(key: Key) -> None:
+    """Each chunk keeps a stream alive, so a BMC sending chunks without end would hold
+    the client for ever: past `max_answer` bytes it is a protocol error."""
+
+    def endless(rid: int, msg: Dict[str, Any]) -> List[bytes]:
+        if msg["cmd"] == "hello":
+            return [resp(rid, {"ok": True, "data": {"serial": SERIAL, "proto": 1}})]
+        return [codec.encode_frame(codec.KIND_CHUNK, rid, b"x" * 1000)] * 30
+
+    p = Peer(endless)
+    try:
+        with BmcClient.open(p.path, key=key) as c:
+            c.max_answer = 20_000
+            with pytest.raises(errors.ProtocolError, match="passed 20000 bytes without ending"):
+                c.call("events", auth=False, on_chunk=lambda chunk: None)
+    finally:
+        p.close()

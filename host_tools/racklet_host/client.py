@@ -54,6 +54,10 @@ DISRUPTIVE_ACTIONS = frozenset(
 
 DEFAULT_TIMEOUT = 5.0
 NONCE_REUSE_S = 2.0  # a nonce from a signed reply is used only this young (the BMC keeps 5 s)
+# Bytes of chunks one answer may bring. The largest a BMC sends (its event log, a boot
+# file from its flash) are far smaller; a stream past this is a BMC gone wrong, which
+# would otherwise hold the client for ever (a stream that moves is alive).
+MAX_ANSWER = 16 << 20
 # How long opening a port waits while another program (the bridge mid-scrape, another
 # bmcctl) holds it, before PortBusy.
 DEFAULT_BUSY_WAIT = 3.0
@@ -165,6 +169,7 @@ class BmcClient:
         self.link = link
         self.key = key
         self.timeout = timeout
+        self.max_answer = MAX_ANSWER
         self.name = name or link.path
         self._resolve = resolve
         self._lock = threading.RLock()
@@ -246,11 +251,18 @@ class BmcClient:
             self.link.send_frame(codec.KIND_REQUEST, rid, payload)
             deadline = time.monotonic() + wait
             bad = self.link.bad_frames
+            streamed = 0
             while True:
                 frame = self.link.read_frame(deadline)
                 if frame.req_id != rid:
                     continue  # a late answer to an earlier, timed-out request
                 if frame.kind == codec.KIND_CHUNK:
+                    streamed += len(frame.payload)
+                    if streamed > self.max_answer:
+                        raise ProtocolError(
+                            f"{self.name}: the answer passed {self.max_answer} bytes without"
+                            " ending: the BMC is not behaving"
+                        )
                     deadline = time.monotonic() + wait  # a stream that moves is alive
                     if on_chunk is not None:
                         on_chunk(frame.payload)
