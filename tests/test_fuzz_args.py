@@ -56,7 +56,7 @@ COMMANDS: Dict[str, List[str]] = {
     "boot-file-put": ["sha256", "size", "offset", "data", "chunk_sha256", "manifest"],
     "boot-file-read": ["name", "gen", "sha256"],
     "boot-usb": ["timeout_ms"],
-    "boot-report": ["name", "outcome", "stage", "reason", "bytes", "served", "refused"],
+    "boot-report": ["event", "name", "sha256", "gen", "detail"],
     "boot-status": [],
 }
 # every code a refusal may carry; `internal` is not among them
@@ -114,6 +114,13 @@ class Values:
                     "bmc",
                     "host",
                     "gen",
+                    "check",
+                    "serve",
+                    "missing",
+                    "refused",
+                    "mismatch",
+                    "failed",
+                    "done",
                 ]
             )
         if pick == 7:

@@ -107,6 +107,33 @@ def test_boots_byte_for_byte(rig: Any) -> None:
     assert ("serve", "kernel8.img", "") in bmc.reports and bmc.reports[-1][0] == "done"
 
 
+def test_endless_unknown_names_are_reported_once_each_and_at_most_reported_max(
+    rig: Any,
+) -> None:
+    """A device asking for names without end must not fill the BMC's log: each name
+    is reported once, REPORTED_MAX of them; the rest are counted in the summary."""
+    from racklet_host.usbboot.relay import REPORTED_MAX
+
+    unknown = [f"opt{i}.dtbo" for i in range(REPORTED_MAX + 36)]
+    asks = ASKS + unknown[:10] + ["../x"] * 3 + unknown + ["../y"]
+    bmc, rom = rig(files(), asks)
+    summary = Relay(bmc, SimBus(rom.path), wait_timeout=5, grace=0.5).run()
+    assert rom.wait(5) and not rom.failures, rom.log
+    told = [(e, n) for e, n, _ in bmc.reports if e in ("missing", "refused")]
+    assert len(told) == REPORTED_MAX and len(set(told)) == REPORTED_MAX
+    assert ("refused", "../x") in told and ("refused", "../y") not in told
+    assert summary["refused"] == ["../x"]
+    assert summary["missing"] == unknown[: REPORTED_MAX - 1]
+    assert summary["unreported"] == len(unknown) - (REPORTED_MAX - 1) + 1  # + "../y"
+    assert all(rom.sizes[n] == 0 for n in unknown + ["../x", "../y"])
+    assert rom.received == {n: files_of(bmc)[n] for n in ASKS}
+    assert bmc.reports[-1] == ("done", "", "4 served, 38 requests for names not reported")
+
+
+def files_of(bmc: StandInBmc) -> Dict[str, bytes]:
+    return {n: d for n, (d, _) in bmc.files.items()}
+
+
 def test_absent_files_are_answered_before_the_bmc_is_told(rig: Any) -> None:
     """The SBC's answer for a file it may not have does not wait on the BMC's log."""
     bmc, rom = rig(files(), ASKS + ["../../etc/shadow", "bootcfg.txt"])

@@ -22,7 +22,8 @@ orchestrates; this relay is only a pipe between the SBC's boot ROM (over a
   content-addressed cache (DIR/sha256/<hex>), and its SHA-256 and size are
   checked before a single byte goes to the SBC.
   A mismatch is refused, reported to the BMC (logged and counted there) and
-  the boot fails visibly (`BootFailed`, non-zero exit).
+  the boot fails visibly (`BootFailed`, non-zero exit). Missing and refused names
+  are reported once each, at most REPORTED_MAX of them a boot.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ RETURN_CODE_DELAY = 1.0  # usbboot waits this long before reading the ROM's retu
 # A stage hands over to the next in about 1.5-3 s (usbboot's logs); no new file
 # server for this long after a session means the SBC booted.
 GRACE = 5.0
+# Distinct names a boot reports to the BMC as missing or refused. The firmware asks for
+# a few dozen optional files; a device asking for names without end must not fill the
+# BMC's event log (and wear its flash) with them. The summary keeps the whole count.
+REPORTED_MAX = 64
 
 
 class BootFailed(Exception):
@@ -236,6 +241,8 @@ class Relay:
         self.refused: List[str] = []
         self.missing: List[str] = []
         self.metadata: List[str] = []
+        self.unreported = 0  # requests for new names past REPORTED_MAX, counted only
+        self._named: set[str] = set()  # missing and refused names seen
         self.sessions = 0
 
     # -- the whole boot --------------------------------------------------------
@@ -258,10 +265,14 @@ class Relay:
             "missing": self.missing,
             "refused": self.refused,
             "metadata": self.metadata,
+            "unreported": self.unreported,
             "gen": self.source.gen,
             "sessions": self.sessions,
         }
-        why = self.source.report("done", detail=f"{len(self.served)} served")
+        done = f"{len(self.served)} served"
+        if self.unreported:
+            done += f", {self.unreported} requests for names not reported"
+        why = self.source.report("done", detail=done)
         if why:
             self.log(f"could not report done to the BMC: {why}")
         return summary
@@ -377,24 +388,24 @@ class Relay:
             if cmd not in (GET_FILE_SIZE, READ_FILE):
                 raise BootFailed(f"unknown file server command {cmd}")
             if name.startswith("*"):
-                self.metadata.append(name[1:])
+                if len(self.metadata) < REPORTED_MAX:
+                    self.metadata.append(name[1:])
                 ep_write(dev, b"")
                 continue
             # an absent file is answered first and logged on the BMC after: the SBC's
             # firmware asks for many optional files and usbboot answers them at once
             if ".." in name:
                 self._absent(dev, cmd)
-                self.refused.append(name)
-                self.log(f"refused {name!r}: '..' in the name")
-                self.source.report("refused", name, "name with ..")
+                if self._first(name, self.refused):
+                    self.log(f"refused {name!r}: '..' in the name")
+                    self.source.report("refused", name, "name with ..")
                 continue
             if held[0] != name:
                 held = (name, self._prepare(name))
             data = held[1]
             if data is None:
                 self._absent(dev, cmd)
-                if name not in self.missing:
-                    self.missing.append(name)
+                if self._first(name, self.missing):
                     self.source.report("missing", name, "not in the manifest")
                 continue
             if cmd == GET_FILE_SIZE:
@@ -406,6 +417,18 @@ class Relay:
                 self.served.append(name)
                 self.log(f"served {name} ({len(data)} bytes)")
                 held = ("", None)
+
+    def _first(self, name: str, where: List[str]) -> bool:
+        """Whether `name` is new and to be reported (it joins `where`): each name is
+        reported once, and at most REPORTED_MAX of them in a boot."""
+        if name in self._named:
+            return False
+        if len(self._named) >= REPORTED_MAX:
+            self.unreported += 1
+            return False
+        self._named.add(name)
+        where.append(name)
+        return True
 
     def _ack_done(self, dev: UsbDevice) -> None:
         """usbboot acks an empty name (Done) with a zero-length write; the device
