@@ -29,6 +29,8 @@ from racklet_host.client import PUBLIC_COMMANDS, BmcClient
 from racklet_host.keys import Key
 from racklet_sim.rack import Rack
 
+from bench.protocol import provision
+
 SEED = 20261206
 REQUESTS = 2500
 
@@ -173,15 +175,7 @@ def bmc() -> Iterator[BmcClient]:
         rack.bootsel(1, seconds=1.5)
         client = BmcClient.open(rack.port(1), key=key, timeout=5)
         try:
-            deadline = time.monotonic() + 2.5
-            while True:
-                try:
-                    client.keys_provision("admin", key)
-                    break
-                except errors.PresenceRequired:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            provision(client, key)
             time.sleep(1.6)  # BOOTSEL let go: nothing below runs with presence
             yield client
         finally:
