@@ -169,13 +169,14 @@ def _family_of(name: str, families: Dict[str, Dict[str, str]], current: Optional
 
 def text004(text: str) -> List[str]:
     problems: List[str] = []
-    if "# EOF" in text:
-        problems.append("0.0.4 text contains # EOF")
-    if "# UNIT" in text:
-        problems.append("0.0.4 text contains # UNIT")
     seen: Set[Tuple[str, Tuple[Tuple[str, str], ...]]] = set()
     typed: Dict[str, str] = {}
     for line in text.splitlines():
+        # lines of their own: help text may mention them
+        if line.startswith("# EOF"):
+            problems.append("0.0.4 text contains # EOF")
+        if line.startswith("# UNIT"):
+            problems.append("0.0.4 text contains # UNIT")
         if line.startswith("# TYPE "):
             _, _, name, typ = line.split(" ", 3)
             if typ not in ("counter", "gauge", "histogram", "summary", "untyped"):
