@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import random
 import subprocess
 from typing import Dict, List, Tuple
 
@@ -140,6 +141,72 @@ def test_render_is_strict_openmetrics_with_the_boards_values(
     assert v[("bmc_metrics_render_size_bytes", ())] == len(text_of(frames, 7).encode())
     first = values(text_of(frames, 7))
     assert ("bmc_metrics_render_heap_peak_bytes", ()) not in first
+
+
+# Pieces that make a line wrong, or right in a way the bridge must keep right.
+_TOKENS = (
+    "NaN", "+Inf", "-Inf", "1e999", "-1", "0x10", "1_0", " ", "", "\\", "\\q", '\\"', '"',
+    "{", "}", ",", "=", "slot", "serial", "exported_slot", "_total", "_created", "_info",
+    "# EOF", "# HELP", "# TYPE", "# UNIT", "counter", "gauge", "info", "stateset",
+    "unknown", "histogram", "\u00e9", "\x00", "le", "1.5", "01", ".5", "a:b", "\t",
+)  # fmt: skip
+
+
+def _mutated(lines: List[str], rng: random.Random) -> str:
+    ls = list(lines)
+    for _ in range(rng.randrange(1, 4)):
+        op = rng.randrange(6)
+        i = rng.randrange(len(ls))
+        if op == 0:
+            ls.insert(i, ls[rng.randrange(len(ls))])
+        elif op == 1:
+            del ls[i]
+        elif op == 2:
+            j = rng.randrange(len(ls[i]) + 1)
+            ls[i] = ls[i][:j] + rng.choice(_TOKENS) + ls[i][j:]
+        elif op == 3:
+            j = rng.randrange(len(ls[i]) + 1)
+            ls[i] = ls[i][:j] + ls[i][rng.randrange(j, len(ls[i]) + 1) :]
+        elif op == 4:
+            j = rng.randrange(len(ls))
+            ls[i], ls[j] = ls[j], ls[i]
+        else:
+            ls[i] = ls[i].rpartition(" ")[0] + " " + rng.choice(_TOKENS + ("1", "-0", "3.25"))
+    return "\n".join(ls)
+
+
+def test_the_bridge_passes_on_only_valid_text_from_mutated_renders(
+    mpy_firmware: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """One BMC's bad text must never reach Prometheus: it would fail the scrape of the
+    whole rack. A real render, mutated line by line (seeded), goes through the bridge's
+    check; whatever it takes, merged for two BMCs and written in both formats, must
+    pass prometheus_client's parsers and the strict checks."""
+    from prometheus_client.parser import text_string_to_metric_families as text004_families
+    from racklet_host.bridge import expo
+
+    frames = run_harness(mpy_firmware, tmp_path / "fs", BOARD, 1)
+    lines = text_of(frames, 7).split("\n")
+    rng = random.Random(20261206)
+    taken = 0
+    for _ in range(1500):
+        text = _mutated(lines, rng)
+        if rng.random() < 0.3:
+            expo.forget_checked()  # the full check as well as the cached one
+        try:
+            exposition = expo.parse(text)
+        except expo.ExpositionError:
+            continue
+        taken += 1
+        merger = expo.Merger()
+        merger.add(exposition, "SER1", "slot1")
+        merger.add(exposition, "SER2", "slot2")
+        om = expo.render(merger, True).decode()
+        assert omcheck.openmetrics(om) == [], text
+        plain = expo.render(merger, False).decode()
+        assert omcheck.text004(plain) == [], text
+        list(text004_families(plain))
+    assert taken > 100  # the draw reaches texts the bridge takes, not only refusals
 
 
 def test_ina219_and_a_failing_bus(mpy_firmware: pathlib.Path, tmp_path: pathlib.Path) -> None:
