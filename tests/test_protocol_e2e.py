@@ -328,6 +328,21 @@ def test_events_since_next_misses_nothing(admin1: BmcClient) -> None:
     assert [e["seq"] for e in newer] == want and want
 
 
+def test_events_from_an_sbc_cannot_drive_the_terminal(
+    ctl: Ctl, rack: Rack, slot1: Dict[str, Path]
+) -> None:
+    """A file name the SBC asked for reaches the event log through the relay; printed
+    by `bmcctl events`, its control characters are escapes, not terminal commands."""
+    with BmcClient.open(rack.port(1), key=load_key(str(slot1["admin"]))) as c:
+        for name in ("\x1b]0;owned\x07../x", "a\n    9 boot 1  forged"):
+            c.call("boot-report", {"event": "refused", "name": name, "detail": ".."})
+    code, out, _ = ctl("events", "1", key=slot1["admin"])
+    assert code == 0, out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]0;owned\\x07../x" in out
+    assert "a\\x0a    9 boot 1  forged" in out  # one line: no forged event under it
+
+
 def test_console_since(admin1: BmcClient) -> None:
     body, data = admin1.console(-1)
     assert isinstance(data["next"], int)

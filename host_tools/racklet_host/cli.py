@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -268,6 +269,19 @@ def exit_code(rows: Sequence[Row]) -> int:
 # -- output -------------------------------------------------------------------
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _safe(text: str, lines: bool = False) -> str:
+    """Text from a BMC (and, through its event log, from an SBC) for a terminal: control
+    characters as escapes, so that a name or message cannot move the cursor, retitle
+    the window, or add a line that looks like another event (`lines`: keep newlines).
+    (`console` prints the SBC's bytes as they are, as any serial console does.)"""
+    pattern = _CONTROL_BUT_NEWLINE if lines else _CONTROL
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -327,6 +341,7 @@ def print_table(rows: Sequence[Row], columns: Callable[[Any], Dict[str, str]], o
         else:
             c = {"error": f"{r['error']}: {r['message']}"}
         c["target"] = r["target"]
+        c = {k: _safe(v) for k, v in c.items()}
         for k in c:
             if k not in header:
                 header.append(k)
@@ -458,17 +473,22 @@ def cmd_events(args: argparse.Namespace) -> int:
     for r in rows:
         prefix = f"{r['target']}  " if len(rows) > 1 else ""
         if not r.get("ok"):
-            print(f"{r['target']}: {r['error']}: {r['message']}")
+            print(_safe(f"{r['target']}: {r['error']}: {r['message']}"))
             continue
         for ev in r["data"]["events"]:
-            print(
-                f"{prefix}{ev.get('seq', '-'):>5} boot {ev.get('boot', '-')} "
-                f"{_duration(ev.get('uptime_ms')):>6}  {ev.get('kind', '-')}/"
-                f"{ev.get('cause', '-')}  {ev.get('detail', '')}".rstrip()
-            )
+            print(event_line(prefix, ev))
         if r["data"].get("dropped"):
             print(f"{prefix}({r['data']['dropped']} older events dropped)")
     return exit_code(rows)
+
+
+def event_line(prefix: str, ev: Dict[str, Any]) -> str:
+    """One event as `bmcctl events` prints it."""
+    return _safe(
+        f"{prefix}{ev.get('seq', '-'):>5} boot {ev.get('boot', '-')} "
+        f"{_duration(ev.get('uptime_ms')):>6}  {ev.get('kind', '-')}/"
+        f"{ev.get('cause', '-')}  {ev.get('detail', '')}".rstrip()
+    )
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -497,7 +517,7 @@ def cmd_console(args: argparse.Namespace) -> int:
         return emit(args, rows)
     for r in rows:
         if not r.get("ok"):
-            print(f"{r['target']}: {r['error']}: {r['message']}")
+            print(_safe(f"{r['target']}: {r['error']}: {r['message']}"))
             continue
         if len(rows) > 1:
             print(f"==> {r['target']} <==")
@@ -536,7 +556,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     w1 = max([7] + [len(n) for _, n, _ in lines])
     print(f"{'TARGET'.ljust(w0)}  {'SETTING'.ljust(w1)}  VALUE")
     for t, n, v in lines:
-        print(f"{t.ljust(w0)}  {n.ljust(w1)}  {v}")
+        print(_safe(f"{t.ljust(w0)}  {n.ljust(w1)}  {v}"))
     return exit_code(rows)
 
 
@@ -678,7 +698,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write("bmcctl: interrupted\n")
         return 130
     except BmcError as e:
-        sys.stderr.write(f"bmcctl: {e.message}\n")
+        sys.stderr.write(f"bmcctl: {_safe(e.message, lines=True)}\n")
         return e.exit_code
     except BrokenPipeError:
         return EXIT_OK
