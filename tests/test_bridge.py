@@ -273,6 +273,24 @@ def test_bad_command_line_and_config(tmp_path: pathlib.Path) -> None:
     assert proc.returncode == 2 and "unknown setting 'foo'" in proc.stderr
 
 
+def test_an_ipv6_listen_address_is_bound_as_ipv6(tmp_path: pathlib.Path) -> None:
+    """`--listen [::1]:PORT` binds an IPv6 socket and says its URL with brackets (only
+    bound here: the tests send traffic to 127.0.0.1 alone)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    p, url = start_bridge("--rack", str(tmp_path), "--listen", "[::1]:0")
+    try:
+        assert url.startswith("http://[::1]:") and int(url.rsplit(":", 1)[1]) > 0, url
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(10)
+
+
 def test_no_bmcs_yet_is_an_empty_valid_answer(tmp_path: pathlib.Path) -> None:
     rack = tmp_path / "empty"
     rack.mkdir()

@@ -26,6 +26,7 @@ import html
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -182,7 +183,7 @@ def _index(bridge: Bridge) -> str:
 
 
 class _Server(ThreadingHTTPServer):
-    """A thread per connection, at most `max_clients` of them."""
+    """A thread per connection, at most `max_clients` of them; IPv6 for an IPv6 address."""
 
     daemon_threads = True
 
@@ -192,6 +193,8 @@ class _Server(ThreadingHTTPServer):
         handler: Type[BaseHTTPRequestHandler],
         max_clients: int,
     ) -> None:
+        if ":" in address[0]:  # `--listen [::1]:9580`: the socket is made in __init__
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(max_clients)
 
@@ -274,6 +277,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"bmc-bridge: cannot listen on {listen}: {e.strerror or e}", file=sys.stderr)
         return 1
     bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
+    if ":" in bound_host:
+        bound_host = f"[{bound_host}]"  # as a URL writes an IPv6 address
     where = rack or "USB"
     print(
         f"bmc-bridge: serving http://{bound_host}:{bound_port}/metrics (BMCs from {where})",
