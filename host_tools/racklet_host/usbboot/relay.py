@@ -34,7 +34,7 @@ import shutil
 import struct
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ..client import BmcClient
 from ..errors import BmcError, Conflict, LinkGone, NotFound, ProtocolError, Timeout
@@ -242,7 +242,7 @@ class Relay:
         self.missing: List[str] = []
         self.metadata: List[str] = []
         self.unreported = 0  # requests for new names past REPORTED_MAX, counted only
-        self._named: set[str] = set()  # missing and refused names seen
+        self._named: Set[str] = set()  # missing and refused names seen
         self.sessions = 0
 
     # -- the whole boot --------------------------------------------------------
