@@ -121,12 +121,9 @@ def read_key_files(paths: List[str]) -> List[str]:
 def inventory_set(c: BmcClient, url: str, keys: List[str]) -> Dict[str, Any]:
     """Push with the next generation; one retry if someone else got there first."""
     for _ in range(2):
-        cur = int(c.call("inventory-get", auth=False)["generation"])
+        cur: int = c.inventory_get()["generation"]
         try:
-            return c.call(
-                "inventory-set",
-                {"url": url, "keys": keys, "generation": cur + 1, "expect": cur},
-            )
+            return c.inventory_set(url, keys, cur + 1, cur)
         except Conflict:
             continue
     raise Conflict("the inventory changed twice while pushing: try again")
@@ -298,7 +295,7 @@ def manifest_set(
 
 
 def manifest_columns(d: Any) -> Dict[str, str]:
-    files = d.get("files", []) if isinstance(d, dict) else []
+    files = (d.get("files") if isinstance(d, dict) else None) or []
     listing = " ".join(f"{f['name']}({f['src']},{f['size']})" for f in files)
     return {"gen": str(d.get("gen")), "files": listing or "-"}
 
@@ -315,7 +312,7 @@ def summary_columns(d: Any) -> Dict[str, str]:
 
 
 def inventory_columns(d: Any) -> Dict[str, str]:
-    keys = d.get("keys", []) if isinstance(d, dict) else []
+    keys = (d.get("keys") if isinstance(d, dict) else None) or []
     return {
         "generation": str(d.get("generation")),
         "url": str(d.get("url") or "-"),
@@ -332,7 +329,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     if args.action == "get":
         return cli.simple(
             args,
-            lambda c: c.call("inventory-get", auth=False),
+            lambda c: c.inventory_get(),
             key=False,
             columns=inventory_columns,
         )

@@ -129,6 +129,18 @@ class BootManifest(TypedDict):
     bmc_limit: int
 
 
+# The types of the answer fields the host tools read (BmcClient._shaped).
+_KINDS = {int: "an integer", str: "a string", list: "a list"}
+_NONCE: Dict[str, type] = {"nonce": str, "ttl_ms": int}
+_STATUS: Dict[str, type] = {"state": str, "uptime_ms": int, "locked_out_ms": int, "rails": list}
+_POSITION: Dict[str, type] = {"next": int, "dropped": int, "lost": int}  # events, console
+_KEY_INFO: Dict[str, type] = {"id": str, "role": str}
+_INVENTORY: Dict[str, type] = {"generation": int, "url": str, "keys": list}
+_INVENTORY_KEY: Dict[str, type] = {"type": str, "fp": str}
+_ENTRY: Dict[str, type] = {"name": str, "size": int, "sha256": str, "src": str}
+_SUMMARY: Dict[str, type] = {"count": int, "gen": int, "bmc_bytes": int, "bmc_limit": int}
+
+
 class Streamed:
     """The chunks of a streaming command and its final response data."""
 
@@ -363,16 +375,15 @@ class BmcClient:
         return serial
 
     def nonce(self) -> Nonce:
-        data = self.call("nonce", auth=False)
-        if not isinstance(data.get("nonce"), str):
-            raise ProtocolError(f"{self.name}: nonce answer without a nonce")
-        return Nonce(nonce=data["nonce"], ttl_ms=int(data.get("ttl_ms", 0)))
+        data = self._shaped("nonce", self.call("nonce", auth=False), _NONCE, ("nonce",))
+        return Nonce(nonce=data["nonce"], ttl_ms=data.get("ttl_ms") or 0)
 
     def status(self) -> Status:
-        return Status(**self.call("status"))  # type: ignore[typeddict-item]
+        data = self._shaped("status", self.call("status"), _STATUS)
+        return Status(**data)  # type: ignore[typeddict-item]
 
     def power(self, action: str, key: Optional[Key] = None) -> Status:
-        data = self.call("power", {"action": action}, key)
+        data = self._shaped("power", self.call("power", {"action": action}, key), _STATUS)
         return Status(**data)  # type: ignore[typeddict-item]
 
     def reset(self, key: Optional[Key] = None) -> Args:
@@ -392,15 +403,15 @@ class BmcClient:
             try:
                 ev = codec.loads(line.encode())
             except ValueError:
-                ev = {"raw": line}
-            events.append(ev)
-        return events, res.data
+                ev = None
+            events.append(ev if isinstance(ev, dict) else {"raw": line})
+        return events, self._shaped("events", res.data, _POSITION)
 
     def console(self, since: int = -1, key: Optional[Key] = None) -> tuple[bytes, Args]:
         """Console bytes from offset `since` (-1: the oldest held); (bytes, data with
         `next`, the offset to ask for next time, and `lost`, bytes overwritten)."""
         res = self.stream("console", {"since": since}, key)
-        return res.body, res.data
+        return res.body, self._shaped("console", res.data, _POSITION)
 
     def console_write(self, text: str, key: Optional[Key] = None) -> Args:
         """Type `text` into the SBC's console."""
@@ -423,9 +434,29 @@ class BmcClient:
         return self.call("keys-revoke", {"key_id": key_id}, key)
 
     def keys_list(self, key: Optional[Key] = None) -> List[KeyInfo]:
-        data = self.call("keys-list", {}, key)
-        keys = data.get("keys", [])
-        return [KeyInfo(**k) for k in keys] if isinstance(keys, list) else []
+        data = self._shaped("keys-list", self.call("keys-list", {}, key), {"keys": list})
+        keys: List[Args] = data.get("keys") or []
+        for k in keys:
+            self._shaped("keys-list", k, _KEY_INFO, ("id", "role"))
+        return [KeyInfo(**k) for k in keys]  # type: ignore[typeddict-item]
+
+    def inventory_get(self) -> Args:
+        """The inventory URL, its trust keys (type and fingerprint each) and generation."""
+        return self._inventory("inventory-get", self.call("inventory-get", auth=False))
+
+    def inventory_set(
+        self, url: str, keys: List[str], generation: int, expect: int, key: Optional[Key] = None
+    ) -> Args:
+        """Store `url` and `keys` (PEM, hex or TUF root JSON each) as `generation`, if the
+        BMC's is `expect` (else Conflict); what is stored now, as `inventory_get`."""
+        args = {"url": url, "keys": keys, "generation": generation, "expect": expect}
+        return self._inventory("inventory-set", self.call("inventory-set", args, key))
+
+    def _inventory(self, cmd: str, data: Args) -> Args:
+        self._shaped(cmd, data, _INVENTORY, ("generation",))
+        for k in data.get("keys") or []:
+            self._shaped(cmd, k, _INVENTORY_KEY, ("type", "fp"))
+        return data
 
     def factory_reset(self) -> Args:
         return self.call("factory-reset", {}, auth=False)
@@ -448,13 +479,9 @@ class BmcClient:
                 raise ProtocolError(
                     f"{self.name}: garbled boot manifest entry {line[:80]!r}"
                 ) from None
-            files.append(entry)
-        d = res.data
-        try:
-            count, gen = int(d["count"]), int(d["gen"])
-            used, limit = int(d["bmc_bytes"]), int(d["bmc_limit"])
-        except (KeyError, TypeError, ValueError):
-            raise ProtocolError(f"{self.name}: boot manifest summary incomplete: {d}") from None
+            files.append(self._shaped("boot-manifest-get", entry, _ENTRY, tuple(_ENTRY)))
+        d = self._shaped("boot-manifest-get", res.data, _SUMMARY, tuple(_SUMMARY))
+        count, gen, used, limit = d["count"], d["gen"], d["bmc_bytes"], d["bmc_limit"]
         if count != len(files):
             raise ProtocolError(
                 f"{self.name}: the boot manifest has {count} entries, {len(files)} arrived"
@@ -558,6 +585,25 @@ class BmcClient:
                     raise Timeout(f"{self.name} did not come back within {timeout:g} s ({msg})")
                 time.sleep(0.1)
 
+    def _shaped(
+        self, cmd: str, data: Any, fields: Dict[str, type], required: Tuple[str, ...] = ()
+    ) -> Args:
+        """`data` when it is an object whose `fields` have their types (an integer is no
+        bool; a field may be null or absent unless `required`); else ProtocolError: the
+        answer of another firmware, or of a BMC gone wrong, that the caller cannot use."""
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{self.name}: {cmd} answered {_brief(data)}, not an object")
+        for name, kind in fields.items():
+            value = data.get(name)
+            if value is None:
+                if name in required:
+                    raise ProtocolError(f"{self.name}: {cmd} answered without {name}")
+            elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ProtocolError(
+                    f"{self.name}: {cmd} answered {name}={_brief(value)}, not {_KINDS[kind]}"
+                )
+        return data
+
     def hello_quick(self, timeout: float) -> Hello:
         data = self.call("hello", {"proto": codec.PROTO_VERSION}, timeout=timeout)
         self.info = Hello(**data)  # type: ignore[typeddict-item]
@@ -566,10 +612,18 @@ class BmcClient:
 
 def _decode(payload: bytes, name: str) -> Args:
     try:
-        msg: Args = codec.loads(payload)
+        msg = codec.loads(payload)
     except ValueError as e:
         raise ProtocolError(f"{name} sent a garbled response ({e})") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"{name} sent a response that is not an object: {_brief(msg)}")
     return msg
+
+
+def _brief(value: Any) -> str:
+    """A value from a BMC, short enough for an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _response_data(msg: Args, name: str) -> Args:
@@ -584,11 +638,9 @@ def _response_data(msg: Args, name: str) -> Args:
     if ok is False:
         code = msg.get("error")
         text = msg.get("message")
-        raise from_wire(
-            code if isinstance(code, str) else "internal",
-            text if isinstance(text, str) and text else str(code),
-            data,
-        )
+        if not isinstance(code, str) or not code:
+            raise ProtocolError(f"{name} sent an error without its code: {_brief(msg)}")
+        raise from_wire(code, text if isinstance(text, str) and text else code, data)
     raise ProtocolError(f"{name} sent a response without ok")
 
 
