@@ -21,6 +21,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as text004_families
+from racklet_host.bridge.server import ConfigError, load_config
 
 from tests import omcheck
 from tests.fake_bmc import Fakes
@@ -271,6 +272,15 @@ def test_bad_command_line_and_config(tmp_path: pathlib.Path) -> None:
         timeout=30,
     )
     assert proc.returncode == 2 and "unknown setting 'foo'" in proc.stderr
+
+
+def test_config_files_that_are_not_utf8_or_hold_a_percent_sign(tmp_path: pathlib.Path) -> None:
+    conf = tmp_path / "bridge.ini"
+    conf.write_bytes(b"[bridge]\nrack = /srv/r\xe4ck\n")  # Latin-1, not UTF-8
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(str(conf))
+    conf.write_text("[bridge]\nrack = /srv/rack-100%\ntimeout = 2\n")
+    assert load_config(str(conf)) == {"rack": "/srv/rack-100%", "timeout": "2"}
 
 
 def test_an_ipv6_listen_address_is_bound_as_ipv6(tmp_path: pathlib.Path) -> None:

@@ -68,12 +68,14 @@ def parse_listen(text: str) -> Tuple[str, int]:
 
 
 def load_config(path: str) -> Dict[str, str]:
-    parser = configparser.ConfigParser()
+    parser = configparser.ConfigParser(interpolation=None)  # a '%' in a path is a '%'
     try:
         with open(path, encoding="utf-8") as f:
             parser.read_file(f)
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {e.start})") from None
     except configparser.Error as e:
         raise ConfigError(f"config file {path}: {e}") from None
     if not parser.has_section("bridge"):
