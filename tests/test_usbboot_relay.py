@@ -189,6 +189,20 @@ def test_missing_cache_file_fails(rig: Any) -> None:
     assert "kernel8.img" not in rom.received
 
 
+@pytest.mark.parametrize("digest", ["/etc/hostname", "../../../../etc/hostname", "AB" * 32])
+def test_a_host_file_digest_that_is_no_digest_names_no_path(rig: Any, digest: str) -> None:
+    """A manifest's digests come from the BMC: one that is a path is not opened."""
+    fs = files()
+    bmc, rom = rig(fs, ASKS)
+    bmc.load_manifest()
+    bmc.load_manifest = lambda: None  # type: ignore[method-assign]
+    bmc.entries["kernel8.img"].sha256 = digest
+    with pytest.raises(BootFailed, match="kernel8.img refused: not a SHA-256 digest"):
+        Relay(bmc, SimBus(rom.path), wait_timeout=5).run()
+    assert "kernel8.img" not in rom.received
+    assert ("mismatch", "kernel8.img") in [r[:2] for r in bmc.reports]
+
+
 def test_manifest_changed_mid_boot(rig: Any) -> None:
     bmc, rom = rig(files(), ASKS)
     bmc.refuse_from = "start4.elf"

@@ -104,6 +104,11 @@ class Cache:
         self.root = root
 
     def path(self, sha: str) -> str:
+        """Where the file of digest `sha` is; ValueError unless `sha` is one (64 lowercase
+        hex digits): a manifest entry's digest comes from the BMC, and must not name
+        a path outside the cache (`/dev/zero`, `../../etc/shadow`)."""
+        if len(sha) != 64 or sha.strip("0123456789abcdef"):
+            raise ValueError(f"not a SHA-256 digest: {sha[:72]!r}")
         return os.path.join(self.root, "sha256", sha)
 
     def add(self, src: str) -> Tuple[str, int]:
@@ -124,7 +129,10 @@ class Cache:
 
     def read(self, sha: str, size: int) -> Tuple[Optional[bytes], str]:
         """(data, "") when the cached file has this digest and size, else (None, why)."""
-        p = self.path(sha)
+        try:
+            p = self.path(sha)
+        except ValueError as e:
+            return None, str(e)
         try:
             with open(p, "rb") as f:
                 data = f.read(size + 1)
