@@ -326,6 +326,21 @@ def _paced_chunks(text: bytes, pace: Dict[str, Any]) -> Tuple[List[bytes], List[
     return chunks, offsets
 
 
+def fill_port(fd: int) -> None:
+    """Write to a BMC's port (a PTY) until not a byte more fits, also once the kernel has moved
+    what it holds into the line discipline's buffer (it does so a moment later)."""
+    wrote = 1
+    while wrote:
+        wrote = 0
+        for size in (1024, 1):
+            try:
+                while True:
+                    wrote += os.write(fd, b"\0" * size)
+            except BlockingIOError:
+                pass
+        time.sleep(0.05)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while len(view):

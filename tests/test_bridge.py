@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families as text004_f
 from racklet_host.bridge.server import ConfigError, load_config
 
 from tests import omcheck
-from tests.fake_bmc import Fakes
+from tests.fake_bmc import Fakes, fill_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OM_ACCEPT = (
@@ -687,6 +687,33 @@ def test_an_open_that_hangs_is_one_bmc_down_not_a_late_scrape(fakes: Fakes) -> N
     slow.hang = ""
     results = scraper.scrape()
     assert [(r.slot, r.up) for r in results] == [("slot1", True), ("slot2", True), ("slot3", True)]
+
+
+def test_a_bmc_that_stopped_reading_is_down_at_once_not_a_late_scrape(fakes: Fakes) -> None:
+    """A BMC hung long enough has a port full of requests it never read (a PTY holds
+    20 KB: about 500 scrapes'); a request that cannot go out must not hold the others."""
+    from racklet_host.bridge.scrape import Scraper
+
+    fakes.procs[2].send_signal(signal.SIGSTOP)
+    try:
+        fd = os.open(str(fakes.rack / "slot2"), os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            fill_port(fd)
+        finally:
+            os.close(fd)
+        scraper = Scraper(rack=str(fakes.rack), timeout=TIMEOUT)
+        t0 = time.monotonic()
+        results = scraper.scrape()
+        took = time.monotonic() - t0
+        assert [(r.slot, r.up, r.error) for r in results] == [
+            ("slot1", True, None),
+            ("slot2", False, "timeout"),
+            ("slot3", True, None),
+        ]
+        assert "not reading" in results[1].message
+        assert took < TIMEOUT / 2, took  # not held to the deadline, let alone a write's wait
+    finally:
+        fakes.procs[2].send_signal(signal.SIGCONT)
 
 
 def test_a_pty_port_opens_in_the_loop_and_others_on_workers(fakes: Fakes) -> None:

@@ -13,6 +13,7 @@ import os
 import select
 import stat
 import threading
+import time
 from typing import Any, Callable, Dict, List
 
 import pytest
@@ -21,6 +22,8 @@ from racklet_host import errors
 from racklet_host.client import BmcClient
 from racklet_host.keys import Key, load_key, load_or_create, write_new_key
 from racklet_host.transport import Link
+
+from tests.fake_bmc import fill_port
 
 SERIAL = "e66038b7133f2a2f"
 
@@ -174,6 +177,22 @@ def test_timeout_when_no_answer(peer: Peer) -> None:
         with pytest.raises(errors.Timeout):
             c.call("quiet")
         assert c.status()["power"] == "Off"  # the link still works afterwards
+
+
+def test_a_bmc_that_stopped_reading_times_out_within_the_timeout() -> None:
+    """The request's write waits no longer than the answer would (`--timeout`)."""
+    master, slave = os.openpty()  # nobody reads the master: the BMC is hung
+    try:
+        link = Link(os.ttyname(slave))
+        fill_port(link.fileno())
+        with BmcClient(link, timeout=0.3) as c:
+            t0 = time.monotonic()
+            with pytest.raises(errors.Timeout, match="not reading"):
+                c.call("status", auth=False)
+            assert time.monotonic() - t0 < 1.5
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_second_opener_gets_port_busy(peer: Peer) -> None:

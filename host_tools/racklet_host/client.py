@@ -260,8 +260,8 @@ class BmcClient:
         with self._lock:
             self._ensure_open()
             rid = self._next_rid()
-            self.link.send_frame(codec.KIND_REQUEST, rid, payload)
             deadline = time.monotonic() + wait
+            self.link.send_frame(codec.KIND_REQUEST, rid, payload, deadline)
             bad = self.link.bad_frames
             streamed = 0
             while True:

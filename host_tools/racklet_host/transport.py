@@ -32,6 +32,7 @@ from .errors import LinkGone, PortBusy, ProtocolError, Timeout
 _READ_SIZE = 65536  # a whole metrics answer (~8 KB) in one read when it is there
 _BUSY_POLL = 0.002  # retry interval of a busy open: shorter than any gap between scrapes
 _PTY_MAJORS = range(136, 144)  # Linux's device numbers of pseudo-terminal slaves
+WRITE_TIMEOUT = 5.0  # seconds a write waits for a port that does not take data
 
 
 class Frame(NamedTuple):
@@ -164,11 +165,15 @@ class Link:
 
     # -- bytes --------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        """Write all of `data` (a frame or, in tests, any bytes)."""
+    def write(self, data: bytes, deadline: Optional[float] = None) -> None:
+        """Write all of `data` (a frame or, in tests, any bytes) by `deadline` (a
+        `time.monotonic()` value; default WRITE_TIMEOUT from now), else Timeout. A
+        device that stopped reading fills the port's buffer (a PTY's holds 20 KB of
+        requests that were never read); a deadline already past makes one attempt."""
         fd = self._fd()
         view = memoryview(data)
-        deadline = time.monotonic() + 5.0
+        if deadline is None:
+            deadline = time.monotonic() + WRITE_TIMEOUT
         while len(view):
             try:
                 k = os.write(fd, view)
@@ -181,7 +186,7 @@ class Link:
             if len(view):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise Timeout(f"{self.path} does not accept data")
+                    raise Timeout(f"{self.path} does not take data: the BMC is not reading")
                 select.select([], [fd], [], min(left, 0.05))
 
     def read_some(self, timeout: float) -> bytes:
@@ -229,8 +234,10 @@ class Link:
 
     # -- frames -------------------------------------------------------------
 
-    def send_frame(self, kind: int, req_id: int, payload: bytes) -> None:
-        self.write(codec.encode_frame(kind, req_id, payload))
+    def send_frame(
+        self, kind: int, req_id: int, payload: bytes, deadline: Optional[float] = None
+    ) -> None:
+        self.write(codec.encode_frame(kind, req_id, payload), deadline)
 
     def read_frame(self, deadline: float) -> Frame:
         """The next valid frame before `deadline` (a `time.monotonic()` value)."""

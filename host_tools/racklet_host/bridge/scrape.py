@@ -468,7 +468,8 @@ class _Loop:
         for f in unsent:
             if f.link is not None:
                 try:
-                    f.link.send_frame(codec.KIND_REQUEST, f.rid, _REQUEST)
+                    # one attempt: a BMC that stopped reading must not hold up the rest
+                    f.link.send_frame(codec.KIND_REQUEST, f.rid, _REQUEST, 0.0)
                 except Exception as e:
                     self._fail(f, e)
 
