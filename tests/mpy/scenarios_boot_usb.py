@@ -150,12 +150,87 @@ def scenario_factory_reset_forgets(root):
     assert not [n for n in stored(rig) if n.startswith("boot/")]
 
 
+def scenario_usb_boot_select_is_held_only_while_a_boot_runs(root):
+    """Seeded random sequences of USB boots, relay reports (right, stale and wrong),
+    power actions, manifest changes, BMC restarts and waits. After every step: no
+    `internal` answer; boot-select is asserted exactly while a USB boot is waiting
+    or serving; and the SBC powers up in USB boot mode only then. At the end, a
+    boot left alone times out and lets go of the line."""
+    import random
+
+    rig = fresh(root)
+    admin, op = admin_and_operator(rig)
+    ok(rig.host.call("config-set", {"key": "min_off_ms", "value": 0}, key=admin))
+    files = [blob(700, 11), blob(900, 12)]
+    for d in files:
+        upload(rig, admin, d)
+    entries = [("start4.elf", files[0], "bmc"), ("config.txt", files[1], "bmc")]
+    gen = ok(rig.host.call("boot-manifest-set", {"files": _manifest(entries)}, key=admin))["gen"]
+    listed = list(entries)
+    rng = random.Random(5)
+    running = ("waiting", "serving")
+    seen = {}
+    modes_seen = len(rig.sbc.boot_modes)
+    for i in range(160):
+        before = ok(rig.host.call("boot-status"))["state"]
+        pick = rng.randrange(9)
+        if pick == 0:
+            r = rig.host.call("boot-usb", {"timeout_ms": rng.choice([1000, 3000])}, key=op)
+        elif pick in (1, 2):
+            name, data, _ = rng.choice(listed if rng.random() < 0.8 else entries + [("x", b"", "")])
+            args = {
+                "event": rng.choice(["check", "serve", "serve", "missing", "refused"]),
+                "name": name,
+                "gen": gen if rng.random() < 0.8 else gen + rng.choice([-1, 1]),
+                "sha256": hx(data) if rng.random() < 0.8 else "ab" * 32,
+            }
+            r = rig.host.call("boot-report", args, key=op)
+        elif pick == 3:
+            event = rng.choice(["done", "failed", "mismatch", "bogus"])
+            r = rig.host.call("boot-report", {"event": event, "detail": "step %d" % i}, key=op)
+        elif pick == 4:
+            action = rng.choice(
+                ["On", "ForceOff", "PowerCycle", "ForceRestart", "GracefulShutdown"]
+            )
+            r = rig.host.call("power", {"action": action}, key=op)
+        elif pick == 5:
+            rng.shuffle(entries)
+            chosen = entries[: rng.randrange(1, 3)]
+            r = rig.host.call("boot-manifest-set", {"files": _manifest(chosen)}, key=admin)
+            if r["ok"]:
+                gen, listed = r["data"]["gen"], chosen
+        elif pick == 6:
+            rig.boot(reset_cause="watchdog")  # the BMC restarts; the SBC keeps its power
+            r = {"ok": True}
+        else:
+            rig.run(rng.choice([20, 300, 1200, 3500]), step=20)
+            r = {"ok": True}
+        assert r["ok"] or r["error"] != "internal", (i, r)
+        st = ok(rig.host.call("boot-status"))
+        seen[st["state"]] = seen.get(st["state"], 0) + 1
+        mode = rig.app.power.boot_mode
+        assert (mode == "usb") == (st["state"] in running), (i, pick, st["state"], mode)
+        new = rig.sbc.boot_modes[modes_seen:]
+        modes_seen = len(rig.sbc.boot_modes)
+        if before not in running and st["state"] not in running:
+            assert "usb" not in new, (i, pick, before, st["state"], new)
+    # every outcome came up, so the sequences went through the whole orchestration
+    for state in ("idle", "waiting", "serving", "done", "failed", "timeout"):
+        assert seen.get(state), (state, seen)
+    if ok(rig.host.call("boot-status"))["state"] not in running:
+        ok(rig.host.call("boot-usb", {"timeout_ms": 1000}, key=op))
+    rig.run(1500, step=20)
+    assert ok(rig.host.call("boot-status"))["state"] == "timeout"
+    assert rig.app.power.boot_mode == "normal"
+
+
 SCENARIOS = [
     scenario_usb_boot_done,
     scenario_usb_boot_timeout,
     scenario_manifest_changed_mid_boot,
     scenario_digest_mismatch_counted,
     scenario_factory_reset_forgets,
+    scenario_usb_boot_select_is_held_only_while_a_boot_runs,
 ]
 
 
