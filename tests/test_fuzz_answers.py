@@ -370,7 +370,10 @@ def _ctl(
 
 
 def _control_chars(text: str) -> List[str]:
-    return sorted({repr(ch) for ch in text if (ord(ch) < 32 and ch not in "\n\t") or ch == "\x7f"})
+    """The C0 control characters in `text` but newline and tab: ESC starts every escape
+    sequence, CR and BS overwrite a line. (JSON keeps DEL as it is, harmless on a
+    terminal.)"""
+    return sorted({repr(ch) for ch in text if ord(ch) < 32 and ch not in "\n\t"})
 
 
 def test_wrong_answers_give_clear_errors_and_never_reach_the_terminal(
