@@ -340,6 +340,12 @@ def test_usb_boot_end_to_end(
     wait_for(lambda: boot_select_released(rack, 1), 5, "boot-select still asserted")
     st = boot_status(rack, 1)
     assert st["state"] == "done" and st["detail"] == "8 served"  # config.txt twice
+    capsys.readouterr()
+    assert bmcctl(rack, admin, "boot", "status", "slot1") == 0
+    head, row = capsys.readouterr().out.splitlines()
+    assert head.split()[:4] == ["TARGET", "STATE", "GEN", "COUNTERS"], head
+    assert row.split()[1] == "done" and row.endswith("8 served"), row
+    assert f"{st['counters']['boots_done']} done, " in row and " 0 mismatch, " in row, row
     evs = events(rack, 1, admin, since)
     got = causes(evs)
     for cause in ("usb_boot_select", "usb_boot_power_cycle", "usb_boot_done", "usb_boot_release"):

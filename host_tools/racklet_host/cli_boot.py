@@ -311,6 +311,41 @@ def summary_columns(d: Any) -> Dict[str, str]:
     }
 
 
+# boot-status counters as `bmcctl boot status` shows them, in the order of a boot
+_COUNTERS = (
+    ("boots_started", "started"),
+    ("boots_done", "done"),
+    ("boots_failed", "failed"),
+    ("boots_timed_out", "timed out"),
+    ("files_served", "served"),
+    ("missing", "missing"),
+    ("refused", "refused"),
+    ("digest_mismatch", "mismatch"),
+    ("conflict", "conflict"),
+)
+
+
+def boot_status_columns(d: Any) -> Dict[str, str]:
+    """The session in a line: state and detail, time left and files while it runs,
+    the counters in words, and the heap's high-water mark of the last stream."""
+    from .cli import _fmt
+
+    if not isinstance(d, dict):
+        return {"state": _fmt(d)}
+    out = {"state": _fmt(d.get("state")), "gen": _fmt(d.get("gen"))}
+    if "left_ms" in d:
+        out["session"] = f"{_fmt(d.get('files'))} files, {_fmt(d.get('left_ms'))} ms left"
+    counters = d.get("counters")
+    if isinstance(counters, dict):
+        out["counters"] = ", ".join(
+            f"{counters[k]} {word}" for k, word in _COUNTERS if counters.get(k) is not None
+        )
+    if d.get("heap_peak"):
+        out["heap_peak"] = f"{_fmt(d.get('heap_peak'))}/{_fmt(d.get('heap_size'))} B"
+    out["detail"] = _fmt(d.get("detail") or None)
+    return out
+
+
 def inventory_columns(d: Any) -> Dict[str, str]:
     keys = (d.get("keys") if isinstance(d, dict) else None) or []
     return {
@@ -356,7 +391,12 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 columns=summary_columns,
             )
     if args.action == "status":
-        return cli.simple(args, lambda c: c.call("boot-status", auth=False), key=False)
+        return cli.simple(
+            args,
+            lambda c: c.call("boot-status", auth=False),
+            key=False,
+            columns=boot_status_columns,
+        )
     return serve(args, start=args.action == "usb")
 
 
