@@ -299,6 +299,14 @@ def test_usb_boot_end_to_end(
         if name != "cmdline.txt":
             assert listed[name]["sha256"] == hashlib.sha256(data).hexdigest()
             assert listed[name]["size"] == len(data)
+    assert bmcctl(rack, admin, "boot", "manifest", "get", "slot1") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["TARGET", "FILE", "SRC", "SIZE", "SHA256"], table
+    assert table[1].split()[:2] == ["slot1", "generation"], table
+    rows = {ln.split()[1]: ln.split()[2:] for ln in table[2:]}
+    assert rows.keys() == listed.keys(), table  # a line per file
+    k = listed["kernel8.img"]
+    assert rows["kernel8.img"] == ["host", str(k["size"]), k["sha256"][:16]], table
     with BmcClient.open(rack.port(1)) as c:
         gen = c.boot_manifest()["gen"]
     m = metrics(rack, 1)

@@ -294,10 +294,42 @@ def manifest_set(
     return c.boot_manifest_set(entries)
 
 
-def manifest_columns(d: Any) -> Dict[str, str]:
-    files = (d.get("files") if isinstance(d, dict) else None) or []
-    listing = " ".join(f"{f['name']}({f['src']},{f['size']})" for f in files)
-    return {"gen": str(d.get("gen")), "files": listing or "-"}
+def print_manifests(rows: List[Dict[str, Any]]) -> None:
+    """`boot manifest get`: a line per file (a Pi 5 lists 30 and more), after a line
+    with each target's generation and flash use; a failed target's error instead."""
+    from .cli import _safe
+
+    head = ("TARGET", "FILE", "SRC", "SIZE", "SHA256")
+
+    def cells_of(r: Dict[str, Any]) -> List[Tuple[str, ...]]:
+        if not r.get("ok"):
+            return []
+        return [
+            (r["target"], f["name"], f["src"], str(f["size"]), f["sha256"][:16])
+            for f in r["data"]["files"]
+        ]
+
+    files = [cells_of(r) for r in rows]
+    every = [head] + [c for fs in files for c in fs]
+    widths = [max(len(c[i]) for c in every) for i in range(4)]
+
+    def line(cells: Tuple[str, ...]) -> str:
+        return _safe("  ".join([c.ljust(w) for c, w in zip(cells, widths)] + [cells[4]]).rstrip())
+
+    print(line(head))
+    for r, cells in zip(rows, files):
+        target = r["target"].ljust(widths[0])
+        if not r.get("ok"):
+            print(_safe(f"{target}  error: {r['error']}: {r['message']}"))
+            continue
+        d = r["data"]
+        print(
+            _safe(
+                f"{target}  generation {d['gen']}, {d['bmc_bytes']}/{d['bmc_limit']} B on the BMC"
+            )
+        )
+        for c in cells:
+            print(line(c))
 
 
 def summary_columns(d: Any) -> Dict[str, str]:
@@ -377,12 +409,12 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
     if args.action == "manifest":
         if args.manifest_action == "get":
-            return cli.simple(
-                args,
-                lambda c: c.boot_manifest(),
-                key=False,
-                columns=manifest_columns,
-            )
+            ports = cli.find_targets(args, args.timeout)
+            rows = cli.run_all(ports, lambda c: c.boot_manifest(), None, args.timeout)
+            if args.json:
+                return cli.emit(args, rows)
+            print_manifests(rows)
+            return cli.exit_code(rows)
         with tempfile.TemporaryDirectory(prefix="bmcctl-bootfiles-") as unpacked:
             files = manifest_files(args.file, args.dir, args.chip, unpacked)
             return cli.simple(
