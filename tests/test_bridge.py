@@ -768,6 +768,40 @@ def test_a_scrape_that_comes_during_another_shares_its_answers(bridge: str, fake
     assert by_slot(samples(texts["probe"]), "fake_scrapes_total") == {"slot3": 3}
 
 
+def test_requests_for_a_bmc_being_fetched_share_that_fetch(bridge: str, fakes: Fakes) -> None:
+    """Two Prometheus servers probing one BMC at once, or a /metrics during a /probe:
+    the later request waits for the fetch under way and shares it (one request reaches
+    the BMC), rather than calling the BMC down as busy."""
+    get(bridge + "/metrics", OM_ACCEPT)  # every fake has answered once
+    texts: Dict[str, str] = {}
+
+    def fetch(name: str, path: str) -> None:
+        texts[name] = get(bridge + path, OM_ACCEPT, timeout=TIMEOUT + 2)[1]
+
+    fakes.procs[3].send_signal(signal.SIGSTOP)  # holds the first probe's fetch open
+    threads = [
+        threading.Thread(target=fetch, args=("probe", "/probe?target=slot3")),
+        threading.Thread(target=fetch, args=("again", "/probe?target=slot3")),
+        threading.Thread(target=fetch, args=("all", "/metrics")),
+    ]
+    try:
+        for t in threads:
+            t.start()
+            time.sleep(0.2)
+    finally:
+        fakes.procs[3].send_signal(signal.SIGCONT)
+    for t in threads:
+        t.join()
+    for name in ("probe", "again"):
+        v = samples(texts[name])
+        assert by_slot(v, "bmc_up") == {"slot3": 1}, name
+        assert by_slot(v, "fake_scrapes_total") == {"slot3": 2}, name  # one request
+    v = samples(texts["all"])
+    assert by_slot(v, "bmc_up") == {"slot1": 1, "slot2": 1, "slot3": 1}
+    assert by_slot(v, "fake_scrapes_total") == {"slot1": 2, "slot2": 2, "slot3": 2}
+    assert not [k for k in v if k[0] == "bmc_scrape_errors_total"], v
+
+
 def test_silent_clients_are_closed_and_connections_are_bounded() -> None:
     import socket
 

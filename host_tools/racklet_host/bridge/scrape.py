@@ -22,9 +22,10 @@ so `bmcctl` in another process can use the port between scrapes (a port another
 program holds is waited for, retried every few milliseconds until just before the
 deadline, then reported as `port_busy`); within the bridge a per-BMC lock
 (`LinkManager`) lets one scrape at a time use a link. A request that comes while
-a scrape of every BMC runs shares that scrape's answers (`Scraper.scrape`);
-any other scrape that finds a link taken reports that BMC as busy at once rather
-than queueing behind it.
+a scrape of every BMC runs shares that scrape's answers (`Scraper.scrape`), and
+one for a BMC that another request is fetching from (two Prometheus servers
+probing it, a /metrics during a /probe) shares that fetch (`_Flight`): one
+request reaches the BMC, and neither calls it busy.
 
 Opening a BMC's USB CDC port raises DTR, a control transfer to the device that the
 open waits for (a millisecond or more through the hub), and closing it lowers DTR
@@ -159,6 +160,26 @@ class _Running:
         return [by_name[n] for n in names]
 
 
+class _Flight:
+    """One BMC's fetch under way, which other requests for that BMC wait for and share."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Optional[Result] = None
+
+    def share(self, res: Result, deadline: float) -> None:
+        """Copy its outcome into `res` once it ends; past `deadline`, a timeout."""
+        got = self.result if self.done.wait(max(0.0, deadline - time.monotonic())) else None
+        if got is None:
+            res.error = "timeout"
+            res.message = "the fetch of this BMC running when this request came did not end in time"
+            return
+        for name in Result.__slots__:
+            setattr(res, name, getattr(got, name))
+
+
 class Scraper:
     """Finds the BMCs and scrapes them; remembers serials and counts errors."""
 
@@ -186,6 +207,7 @@ class Scraper:
         self.scrapes = 0
         self._lock = threading.Lock()
         self._running: Optional[_Running] = None  # the scrape of every BMC under way
+        self._flights: Dict[str, _Flight] = {}  # BMC name -> its fetch under way
         self.usb_listing_age = usb_listing_age
         self._usb_listing: Optional[Tuple[float, List[discovery.BmcPort]]] = None
         self._listing_lock = threading.Lock()
@@ -284,21 +306,44 @@ class Scraper:
         return results
 
     def _scrape(self, ports: List[discovery.BmcPort], wait: float, t0: float) -> List[Result]:
-        loop = _Loop(self, t0 + wait)
+        """Fetch from each BMC in `ports` that no other request is fetching from now; a
+        BMC another request is fetching from (two Prometheus servers probing it, a
+        /metrics during a /probe) shares that fetch's outcome, after this one's own."""
+        deadline = t0 + wait
+        loop = _Loop(self, deadline)
         results: List[Result] = []
-        for port in ports:
-            res = Result(port.name)
-            results.append(res)
-            loop.start(port, res)
+        mine: Dict[str, Tuple[_Flight, Result, discovery.BmcPort]] = {}
+        theirs: List[Tuple[Result, _Flight]] = []
+        with self._lock:
+            for port in ports:
+                res = Result(port.name)
+                results.append(res)
+                flight = self._flights.get(port.name)
+                if flight is None:
+                    flight = self._flights[port.name] = _Flight()
+                    mine[port.name] = (flight, res, port)
+                else:  # another request's, or this one's if a name came twice
+                    theirs.append((res, flight))
         try:
+            for _, res, port in mine.values():
+                loop.start(port, res)
             loop.send()
             loop.run()
         finally:
             late = loop.close()
-        for res in late:
-            res.error = "timeout"
-            res.message = f"no complete answer within {wait:g} s"
-            res.duration = time.monotonic() - t0
+            for res in late:
+                res.error = "timeout"
+                res.message = f"no complete answer within {wait:g} s"
+                res.duration = time.monotonic() - t0
+            with self._lock:
+                for name, (flight, res, _) in mine.items():
+                    flight.result = res
+                    del self._flights[name]
+            for flight, _, _ in mine.values():
+                flight.done.set()
+        for res, flight in theirs:
+            flight.share(res, deadline)
+        shared = {id(res) for res, _ in theirs}
         with self._lock:
             self.scrapes += 1
             for res in results:
@@ -306,7 +351,7 @@ class Scraper:
                     self.serials[res.slot] = res.serial
                 else:
                     res.serial = self.serials.get(res.slot, "")
-                if res.error is not None:
+                if res.error is not None and id(res) not in shared:  # counted once
                     table = self.errors.setdefault(res.slot, {})
                     table[res.error] = table.get(res.error, 0) + 1
         return results
