@@ -802,6 +802,31 @@ def test_requests_for_a_bmc_being_fetched_share_that_fetch(bridge: str, fakes: F
     assert not [k for k in v if k[0] == "bmc_scrape_errors_total"], v
 
 
+def test_a_scrape_that_failed_leaves_no_fetch_for_later_requests_to_wait_on(
+    fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from racklet_host.bridge import scrape
+
+    scraper = scrape.Scraper(rack=str(fakes.rack), timeout=TIMEOUT)
+    close = scrape._Loop.close
+
+    def failing_close(self: Any) -> List[Any]:
+        close(self)
+        raise RuntimeError("a bug in the loop")
+
+    monkeypatch.setattr(scrape._Loop, "close", failing_close)
+    with pytest.raises(RuntimeError):
+        scraper.scrape()
+    monkeypatch.setattr(scrape._Loop, "close", close)
+    t0 = time.monotonic()
+    assert [(r.slot, r.up) for r in scraper.scrape()] == [
+        ("slot1", True),
+        ("slot2", True),
+        ("slot3", True),
+    ]
+    assert time.monotonic() - t0 < TIMEOUT / 2
+
+
 def test_silent_clients_are_closed_and_connections_are_bounded() -> None:
     import socket
 

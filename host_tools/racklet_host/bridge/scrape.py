@@ -330,17 +330,18 @@ class Scraper:
             loop.send()
             loop.run()
         finally:
-            late = loop.close()
-            for res in late:
-                res.error = "timeout"
-                res.message = f"no complete answer within {wait:g} s"
-                res.duration = time.monotonic() - t0
-            with self._lock:
-                for name, (flight, res, _) in mine.items():
-                    flight.result = res
-                    del self._flights[name]
-            for flight, _, _ in mine.values():
-                flight.done.set()
+            try:
+                for res in loop.close():
+                    res.error = "timeout"
+                    res.message = f"no complete answer within {wait:g} s"
+                    res.duration = time.monotonic() - t0
+            finally:  # whatever happened, the next request for these BMCs fetches anew
+                with self._lock:
+                    for name, (flight, res, _) in mine.items():
+                        flight.result = res
+                        del self._flights[name]
+                for flight, _, _ in mine.values():
+                    flight.done.set()
         for res, flight in theirs:
             flight.share(res, deadline)
         shared = {id(res) for res, _ in theirs}
