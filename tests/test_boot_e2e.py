@@ -643,3 +643,33 @@ def test_relay_killed_mid_file(
     assert after[key] - before[key] == 1
     wait_for(lambda: boot_select_released(rack, 2), 5, "boot-select still asserted")
     assert rack.slot_info(2)["starts"] == starts  # the BMC never went down
+
+
+# -- sharing the BMC's port --------------------------------------------------------
+
+
+def test_the_bmc_is_free_between_the_relays_requests(
+    rack: Rack, admin: Path, tmp_path: Path
+) -> None:
+    """A USB boot takes a minute or more; meanwhile the bridge must still scrape the
+    BMC and an admin reach it. The relay holds its port only for each request."""
+    from racklet_host.transport import Link
+
+    argv = [sys.executable, "-m", "racklet_host.cli", "--rack", str(rack.path)]
+    argv += ["--key-file", str(admin), "boot", "serve", "slot1", "--cache", str(tmp_path)]
+    argv += ["--usb-sim", str(tmp_path / "no-sbc.sock"), "--wait", "4"]
+    relay = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        assert relay.stderr is not None
+        line = relay.stderr.readline()
+        assert "manifest generation" in line, line  # the relay waits for the SBC now
+        Link(rack.port(1)).close()  # PortBusy if the relay still held the port
+        with BmcClient.open(rack.port(1), busy_wait=0) as c:
+            assert c.status()["state"]
+        assert relay.poll() is None  # still waiting for the SBC
+        assert relay.wait(15) == 1
+        assert "no Raspberry Pi in USB boot mode" in relay.stderr.read()
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import stat
 import subprocess
 import sys
@@ -349,6 +350,28 @@ def test_console_since(admin1: BmcClient) -> None:
     more, data2 = admin1.console(data["next"])
     assert data2["next"] >= data["next"]
     assert len(more) == data2["next"] - data["next"] - data2.get("lost", 0)
+
+
+def test_console_follow_leaves_the_port_to_others_between_polls(
+    rack: Rack, slot1: Dict[str, Path]
+) -> None:
+    """Someone watching the SBC's console for hours must not take its BMC off the
+    bridge's scrapes, nor keep other admins out."""
+    argv = [sys.executable, "-m", "racklet_host.cli", "--rack", str(rack.path)]
+    argv += ["--key-file", str(slot1["operator"]), "console", "--follow", "slot1"]
+    follower = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.0)  # it polls every 0.3 s
+        for _ in range(5):
+            t0 = time.monotonic()
+            with BmcClient.open(rack.port(1), busy_wait=1.0) as c:
+                assert c.status()["serial"]
+            assert time.monotonic() - t0 < 1.0  # a poll's moment at most, not the follow
+            time.sleep(0.13)
+        assert follower.poll() is None  # and it is still following
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(10)
 
 
 def test_rotation_and_revocation(ctl: Ctl, rack: Rack, keydir: Path) -> None:

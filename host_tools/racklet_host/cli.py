@@ -498,6 +498,7 @@ def cmd_console(args: argparse.Namespace) -> int:
         if len(ports) != 1:
             raise UsageError("--follow takes exactly one target")
         with open_client(ports[0], key=key, timeout=args.timeout) as c:
+            c.hold = False  # the port is the bridge's and the admins' between polls
             since = args.since
             while True:
                 body, data = c.console(since)

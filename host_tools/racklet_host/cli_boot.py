@@ -28,6 +28,10 @@ ON_BMC_MAX = 64 * 1024  # files up to this size go to the BMC's flash by default
 BUNDLE = "bootfiles.bin"  # usbboot's tar of boot firmware, a folder per SoC
 BUNDLE_CHIPS = ("2710", "2711", "2712")
 
+# seconds a relay's request waits for the BMC's port while another program (the
+# bridge, for one scrape of at most its timeout) has it
+RELAY_BUSY_WAIT = 15.0
+
 
 def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) -> None:
     sp = sub.add_parser("inventory", help="inventory URL and trust keys the SBC boots with")
@@ -459,6 +463,10 @@ def serve(args: argparse.Namespace, start: bool) -> int:
         sys.stderr.flush()
 
     with open_client(ports[0], key=key, timeout=args.timeout) as c:
+        # a boot takes a minute or more: the BMC's port is the bridge's and the
+        # admins' too between the relay's requests, each of which waits its turn
+        c.hold = False
+        c.link.busy_wait = RELAY_BUSY_WAIT
         source = BmcSource(c, key, Cache(args.cache))
         if start:
             c.call("boot-usb", {"timeout_ms": args.boot_timeout * 1000})

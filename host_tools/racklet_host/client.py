@@ -167,6 +167,11 @@ class BmcClient:
     `resolve` returns the current port path of this BMC (discovery by slot); it is
     used to reopen the link after the device vanished (e.g. `bmc_reboot`). Without
     it the same path is reopened.
+
+    `hold` False: the port is closed after every request and opened again for the
+    next, so that between requests the bridge and other programs can use the BMC
+    (one command at a time per link, shared). For sessions that last: the usbboot
+    relay, `console --follow`.
     """
 
     def __init__(
@@ -184,6 +189,7 @@ class BmcClient:
         self.max_answer = MAX_ANSWER
         self.name = name or link.path
         self._resolve = resolve
+        self.hold = True
         self._lock = threading.RLock()
         self._rid = random.randint(1, 0xFFFF)
         self.info: Optional[Hello] = None
@@ -258,40 +264,48 @@ class BmcClient:
         """Send a request frame with this payload; the response data, or raise."""
         wait = self.timeout if timeout is None else timeout
         with self._lock:
-            self._ensure_open()
-            rid = self._next_rid()
-            deadline = time.monotonic() + wait
-            self.link.send_frame(codec.KIND_REQUEST, rid, payload, deadline)
-            bad = self.link.bad_frames
-            streamed = 0
-            while True:
-                frame = self.link.read_frame(deadline)
-                if frame.req_id != rid:
-                    continue  # a late answer to an earlier, timed-out request
-                if frame.kind == codec.KIND_CHUNK:
-                    streamed += len(frame.payload)
-                    if streamed > self.max_answer:
-                        raise ProtocolError(
-                            f"{self.name}: the answer passed {self.max_answer} bytes without"
-                            " ending: the BMC is not behaving"
-                        )
-                    deadline = time.monotonic() + wait  # a stream that moves is alive
-                    if on_chunk is not None:
-                        on_chunk(frame.payload)
-                    continue
-                if frame.kind != codec.KIND_RESPONSE:
-                    continue
-                msg = _decode(frame.payload, self.name)
-                nxt = msg.get("nonce")
-                if isinstance(nxt, str):
-                    self._next_nonce = (nxt, time.monotonic())
-                lost = self.link.bad_frames - bad
-                if lost and on_chunk is not None:  # a hole in the stream: its data is not whole
+            try:
+                return self._exchange(payload, wait, on_chunk)
+            finally:
+                if not self.hold:
+                    self.link.close()
+
+    def _exchange(self, payload: bytes, wait: float, on_chunk: Optional[ChunkSink]) -> Args:
+        """request_raw's exchange, under the client's lock."""
+        self._ensure_open()
+        rid = self._next_rid()
+        deadline = time.monotonic() + wait
+        self.link.send_frame(codec.KIND_REQUEST, rid, payload, deadline)
+        bad = self.link.bad_frames
+        streamed = 0
+        while True:
+            frame = self.link.read_frame(deadline)
+            if frame.req_id != rid:
+                continue  # a late answer to an earlier, timed-out request
+            if frame.kind == codec.KIND_CHUNK:
+                streamed += len(frame.payload)
+                if streamed > self.max_answer:
                     raise ProtocolError(
-                        f"{self.name}: {lost} frame(s) of the streamed answer arrived corrupt"
-                        " (CRC mismatch): the data is incomplete"
+                        f"{self.name}: the answer passed {self.max_answer} bytes without"
+                        " ending: the BMC is not behaving"
                     )
-                return _response_data(msg, self.name)
+                deadline = time.monotonic() + wait  # a stream that moves is alive
+                if on_chunk is not None:
+                    on_chunk(frame.payload)
+                continue
+            if frame.kind != codec.KIND_RESPONSE:
+                continue
+            msg = _decode(frame.payload, self.name)
+            nxt = msg.get("nonce")
+            if isinstance(nxt, str):
+                self._next_nonce = (nxt, time.monotonic())
+            lost = self.link.bad_frames - bad
+            if lost and on_chunk is not None:  # a hole in the stream: its data is not whole
+                raise ProtocolError(
+                    f"{self.name}: {lost} frame(s) of the streamed answer arrived corrupt"
+                    " (CRC mismatch): the data is incomplete"
+                )
+            return _response_data(msg, self.name)
 
     def call(
         self,
