@@ -343,3 +343,60 @@ def test_a_second_bmc_sim_on_the_same_rack_is_refused(tmp_path: pathlib.Path) ->
         assert out.returncode == 1 and "another bmc-sim" in out.stderr, out.stderr
         assert os.path.exists(rack.port(1))  # the running rack is untouched
         assert status(rack)["state"] == "Off"
+
+
+def test_console_follow_goes_on_through_a_bmc_restart(tmp_path: pathlib.Path) -> None:
+    """`bmcctl console --follow` keeps following when the BMC restarts (a watchdog, a
+    firmware update): it says so, shows the new console from its start, and never
+    sends the restarted BMC a nonce it forgot (that would count as a failed login)."""
+    import threading
+
+    from racklet_host.client import BmcClient
+    from racklet_host.keys import load_key
+
+    with Rack(boards=1, board=fast_board(tmp_path)) as rack:
+        key = str(tmp_path / "admin1.key")
+        rack.bootsel(1, seconds=1.5)
+        bmcctl(rack, "--key-file", key, "keys", "provision", "slot1", "--role", "admin")
+        power_on(rack, key)  # takes longer than BOOTSEL is held: a restart is a plain one
+        wait_for("login prompt", lambda: "login:" in rack.sbc(1)["console_out"])
+        env = dict(os.environ, BMC_RACK=str(rack.path))
+        follower = subprocess.Popen(
+            [str(BIN / "bmcctl"), "--key-file", key, "console", "--follow", "slot1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        out = bytearray()
+        err = bytearray()
+
+        def drain(stream: Any, into: bytearray) -> None:
+            for chunk in iter(stream.read1, b""):
+                into.extend(chunk)
+
+        readers = [
+            threading.Thread(target=drain, args=(follower.stdout, out)),
+            threading.Thread(target=drain, args=(follower.stderr, err)),
+        ]
+        for t in readers:
+            t.start()
+        try:
+            wait_for("the follower to show the boot log", lambda: b"login:" in out)
+            starts = rack.slot_info(1)["starts"]
+            rack.kill(1)  # restarted by bmc-sim, like a watchdog reset
+            wait_for("the BMC back", lambda: rack.slot_info(1)["starts"] > starts)
+            wait_for("the SBC still up", lambda: rack.sbc(1)["os"] == "running")
+            with BmcClient.open(rack.port(1), key=load_key(key)) as c:
+                c.console_write("typed-after-the-restart\r")  # the SBC's tty echoes it
+            wait_for("the echo in the follower", lambda: b"typed-after-the-restart" in out)
+            with BmcClient.open(rack.port(1)) as c:
+                text = c.metrics()
+            assert follower.poll() is None, err.decode()
+            assert b"the BMC restarted; its console from the start" in err, err.decode()
+            failures = [ln for ln in text.splitlines() if ln.startswith("bmc_auth_failures_total{")]
+            assert failures and all(ln.endswith(" 0") for ln in failures), failures
+        finally:
+            follower.send_signal(signal.SIGINT)
+            follower.wait(10)
+            for t in readers:
+                t.join(5)

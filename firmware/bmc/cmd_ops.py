@@ -27,6 +27,8 @@ def console(app, req):
     con = app.console
     if since < 0:
         since = con.start()
+    elif since > con.end:  # an offset this boot never reached: the reader's BMC restarted
+        since = con.end  # `next` below `since` tells the reader so
     lost_total = 0
     first = True
     while True:

@@ -21,8 +21,11 @@ from .errors import (
     EXIT_USAGE,
     BmcError,
     KeyFileError,
+    LinkGone,
     NoBmcFound,
+    PortBusy,
     PresenceRequired,
+    Timeout,
 )
 from .keys import ENV_KEY_FILE, Key, key_file_path, load_key, load_or_create, write_key
 
@@ -499,15 +502,7 @@ def cmd_console(args: argparse.Namespace) -> int:
             raise UsageError("--follow takes exactly one target")
         with open_client(ports[0], key=key, timeout=args.timeout) as c:
             c.hold = False  # the port is the bridge's and the admins' between polls
-            since = args.since
-            while True:
-                body, data = c.console(since)
-                if data.get("lost"):
-                    sys.stderr.write(f"[{data['lost']} console bytes lost]\n")
-                sys.stdout.buffer.write(body)
-                sys.stdout.flush()
-                since = int(data.get("next", since))
-                time.sleep(0.3)
+            follow(c, ports[0].name, args.since)
 
     def action(c: BmcClient) -> Dict[str, Any]:
         body, data = c.console(args.since)
@@ -526,6 +521,39 @@ def cmd_console(args: argparse.Namespace) -> int:
         if r["data"]["text"] and not r["data"]["text"].endswith("\n"):
             sys.stdout.write("\n")
     return exit_code(rows)
+
+
+def follow(c: BmcClient, name: str, since: int) -> None:
+    """`console --follow`: poll the console for ever (Ctrl-C ends it), through the
+    BMC restarting or going away for a while, each said once on stderr. A BMC that
+    restarted holds a new console: its `next` comes back below the offset asked for,
+    and the new console is shown from its start."""
+    gone = ""
+    while True:
+        try:
+            body, data = c.console(since)
+        except (LinkGone, Timeout, PortBusy) as e:
+            if not gone:
+                gone = e.message
+                sys.stderr.write(f"[{name}: {_safe(gone)}; waiting for it]\n")
+            time.sleep(0.5)
+            continue
+        if gone:
+            sys.stderr.write(f"[{name}: back]\n")
+            gone = ""
+        nxt = data.get("next")
+        if nxt is None:
+            nxt = since
+        if since >= 0 and nxt < since:
+            sys.stderr.write(f"[{name}: the BMC restarted; its console from the start]\n")
+            since = -1
+            continue
+        if data.get("lost"):
+            sys.stderr.write(f"[{data['lost']} console bytes lost]\n")
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+        since = nxt
+        time.sleep(0.3)
 
 
 def parse_value(text: str) -> Any:

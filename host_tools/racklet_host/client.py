@@ -338,10 +338,14 @@ class BmcClient:
         """A fresh nonce and the MAC over this command: the request's `auth` object.
 
         The reply to a signed request carries the next nonce; it is used once, while
-        young (NONCE_REUSE_S), which saves the `nonce` round trip on every signed
-        command after the first.
+        young (NONCE_REUSE_S) and on the link it came over, which saves the `nonce`
+        round trip on every signed command after the first. A link that was closed
+        since (`hold` False, or the device went away) may lead to a BMC that restarted
+        and forgot it, and a refused nonce counts as a failed authentication there.
         """
         cached, self._next_nonce = self._next_nonce, None
+        if not self.link.is_open:
+            cached = None
         if cached is not None and time.monotonic() - cached[1] < NONCE_REUSE_S:
             nonce, issued = cached
         else:
