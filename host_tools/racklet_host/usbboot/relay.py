@@ -36,6 +36,9 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from bmc import errors as wire
+from bmc.bootadmin import check_sha
+
 from ..client import BmcClient
 from ..errors import BmcError, Conflict, LinkGone, NotFound, ProtocolError, Timeout
 from ..keys import Key
@@ -107,8 +110,10 @@ class Cache:
         """Where the file of digest `sha` is; ValueError unless `sha` is one (64 lowercase
         hex digits): a manifest entry's digest comes from the BMC, and must not name
         a path outside the cache (`/dev/zero`, `../../etc/shadow`)."""
-        if len(sha) != 64 or sha.strip("0123456789abcdef"):
-            raise ValueError(f"not a SHA-256 digest: {sha[:72]!r}")
+        try:
+            check_sha(sha)  # the BMC's own check of the digests a manifest lists
+        except wire.CmdError:
+            raise ValueError(f"not a SHA-256 digest: {sha[:72]!r}") from None
         return os.path.join(self.root, "sha256", sha)
 
     def add(self, src: str) -> Tuple[str, int]:
