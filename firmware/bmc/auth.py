@@ -213,6 +213,9 @@ class Auth:
             return PUBLIC, None
         left = self.locked_ms()
         if left:
+            if isinstance(auth, dict) and isinstance(auth.get("nonce"), str):
+                # Spent too: a request refused now must not run when sent again later.
+                self._take_nonce(auth["nonce"])
             raise errors.CmdError(
                 errors.LOCKED_OUT,
                 "locked out after repeated failures; retry in %d ms" % left,

@@ -235,6 +235,20 @@ def scenario_lockout_backs_off(tmp):
     ok(rig.host.call("identify", {"seconds": 0}, key=key))
 
 
+def scenario_lockout_spends_the_nonce(tmp):
+    # A request refused while locked out is refused for good: its nonce is spent,
+    # so whoever saw it cannot have it run once the lock-out ends.
+    rig = fresh(tmp)
+    key = provision(rig)
+    for _ in range(5):
+        err(rig.host.call("identify", {"seconds": 0}, key=new_key()), "auth_failed")
+    nonce = ok(rig.host.call("nonce"))["nonce"]
+    r = err(rig.host.call("power", {"action": "On"}, key=key, nonce=nonce), "locked_out")
+    rig.clock.advance(r["data"]["retry_ms"] + 1)
+    err(rig.host.call("power", {"action": "On"}, key=key, nonce=nonce), "auth_failed")
+    assert rig.app.power.state == "Off"
+
+
 def scenario_bad_input_then_good(tmp):
     rig = fresh(tmp)
     host = rig.host
