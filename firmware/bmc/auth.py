@@ -55,7 +55,10 @@ class Auth:
         self.bootsel = bootsel  # callable: True while BOOTSEL is held
         self.keys = {}  # id -> (role, HmacKey)
         self._stored = []  # [{"id", "role", "key"}] as on flash
-        self._nonces = [None] * _NONCE_SLOTS  # (nonce_hex, issued_ticks)
+        # Times here are the clock's uptime_ms, not ticks: ticks wrap every 2**30 ms
+        # (~12 days) on the RP2040, where a nonce or a lock-out left alone for a week
+        # would come back to life.
+        self._nonces = [None] * _NONCE_SLOTS  # (nonce_hex, issued uptime_ms)
         self._next_slot = 0
         self.failures = {}
         for r in FAIL_REASONS:
@@ -155,13 +158,13 @@ class Auth:
     # -- nonces -----------------------------------------------------------
     def issue_nonce(self):
         nonce = binascii.hexlify(os.urandom(NONCE_BYTES)).decode()
-        self._nonces[self._next_slot] = (nonce, self.clock.ticks_ms())
+        self._nonces[self._next_slot] = (nonce, self.clock.uptime_ms())
         self._next_slot = (self._next_slot + 1) % _NONCE_SLOTS
         return nonce
 
     def _take_nonce(self, nonce):
         """Consume a nonce: "ok", "expired" or "bad_nonce" (unknown or used)."""
-        now = self.clock.ticks_ms()
+        now = self.clock.uptime_ms()
         # A plain comparison: a nonce is no secret (it goes out in the clear to whoever
         # asks, and a sniffer sees it); the MAC is what is compared in constant time.
         nonces = self._nonces
@@ -169,7 +172,7 @@ class Auth:
             slot = nonces[i]
             if slot is not None and slot[0] == nonce:
                 nonces[i] = None
-                if self.clock.ticks_diff(now, slot[1]) > NONCE_TTL_MS:
+                if now - slot[1] > NONCE_TTL_MS:
                     return "expired"
                 return "ok"
         return "bad_nonce"
@@ -179,7 +182,7 @@ class Auth:
         """Milliseconds of lock-out left (0 when not locked out)."""
         if self._locked_until is None:
             return 0
-        left = self.clock.ticks_diff(self._locked_until, self.clock.ticks_ms())
+        left = self._locked_until - self.clock.uptime_ms()
         if left <= 0:
             self._locked_until = None
             return 0
@@ -192,7 +195,7 @@ class Auth:
         if self.in_a_row >= _FREE_FAILURES:
             shift = min(self.in_a_row - _FREE_FAILURES, 9)
             wait = min(_BACKOFF_BASE_MS << shift, _BACKOFF_MAX_MS)
-            self._locked_until = self.clock.ticks_add(self.clock.ticks_ms(), wait)
+            self._locked_until = self.clock.uptime_ms() + wait
             self.lockouts += 1
             self.events.add("lockout", reason, "%d ms" % wait)
         raise errors.CmdError(errors.AUTH_FAILED, message)

@@ -249,6 +249,29 @@ def scenario_lockout_spends_the_nonce(tmp):
     assert rig.app.power.state == "Off"
 
 
+def scenario_lockout_and_nonces_after_a_week(tmp):
+    # Ticks wrap every 2**30 ms (~12 days) on the RP2040: a lock-out or a nonce left
+    # alone for a week must not come back to life.
+    rig = fresh(tmp)
+    key = provision(rig)
+    for _ in range(5):
+        err(rig.host.call("identify", {"seconds": 0}, key=new_key()), "auth_failed")
+    nonce = ok(rig.host.call("nonce"))["nonce"]
+    rig.clock.advance(7 * 86400 * 1000)
+    assert ok(rig.host.call("status"))["locked_out_ms"] == 0
+    r = err(rig.host.call("identify", {"seconds": 0}, key=key, nonce=nonce), "auth_failed")
+    assert r["message"] == "nonce expired", r
+    rig.clock.advance(
+        err(rig.host.call("identify", {"seconds": 0}, key=key), "locked_out")["data"]["retry_ms"]
+    )
+    ok(rig.host.call("identify", {"seconds": 0}, key=key))
+    for _ in range(5):
+        err(rig.host.call("identify", {"seconds": 0}, key=new_key()), "auth_failed")
+    rig.clock.advance(7 * 86400 * 1000)
+    r = rig.host.call("identify", {"seconds": 0}, key=key)
+    assert r["ok"], r
+
+
 def scenario_bad_input_then_good(tmp):
     rig = fresh(tmp)
     host = rig.host
