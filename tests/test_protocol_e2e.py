@@ -407,6 +407,23 @@ def test_rotation_and_revocation(ctl: Ctl, rack: Rack, keydir: Path) -> None:
     assert [k["id"] for k in rows[0]["data"]["keys"]] == [new.key_id]
 
 
+def test_rotation_that_cannot_store_the_new_key_leaves_none_behind(
+    ctl: Ctl, rack: Rack, keydir: Path
+) -> None:
+    kf = keydir / "s2-admin"
+    if not kf.exists():
+        provision(rack, 2, kf)
+    taken = keydir / "s2-taken"
+    taken.write_text("not a key\n")
+    code, rows = ctl.json("keys", "list", "2", key=kf)
+    before = rows[0]["data"]["keys"]
+    code, _, err = ctl("keys", "rotate", "--new-key-file", str(taken), "2", key=kf)
+    assert code == errors.EXIT_USAGE and "already exists" in err, err
+    assert taken.read_text() == "not a key\n"
+    code, rows = ctl.json("keys", "list", "2", key=kf)  # the old key still works
+    assert code == 0 and rows[0]["data"]["keys"] == before  # and no key nobody holds
+
+
 def test_key_file_readable_by_others_is_refused(ctl: Ctl, keydir: Path) -> None:
     kf = keydir / "loose"
     write_new_key(str(kf))

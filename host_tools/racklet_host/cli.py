@@ -663,7 +663,12 @@ def keys_rotate(args: argparse.Namespace) -> int:
     # 2. store the new key before the old one stops working
     target = args.new_key_file or old.path
     assert target is not None
-    write_key(target, new, replace=args.new_key_file is None)
+    try:
+        write_key(target, new, replace=args.new_key_file is None)
+    except (KeyFileError, OSError):
+        # nobody would hold the new key: remove it again; the old key stays in force
+        run_all(ports, lambda c: c.keys_revoke(new.key_id), old, args.timeout)
+        raise
     # 3. revoke the old key with the new one
     rows = run_all(ports, lambda c: c.keys_revoke(old.key_id), new, args.timeout)
     for r in rows:
