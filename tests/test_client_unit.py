@@ -251,6 +251,24 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Any) -> None:
         load_key(path)
 
 
+def test_key_file_others_may_write_is_refused_and_said_so(tmp_path: Any) -> None:
+    path = str(tmp_path / "k")
+    write_new_key(path)
+    os.chmod(path, 0o620)  # a group that may write could put its own key there
+    with pytest.raises(errors.KeyFileError, match="read or written by others") as e:
+        load_key(path)
+    assert "chmod 600" in str(e.value)
+
+
+def test_key_file_behind_a_symlink_is_refused_and_said_so(tmp_path: Any) -> None:
+    target = str(tmp_path / "k")
+    write_new_key(target)
+    link = str(tmp_path / "link")
+    os.symlink(target, link)
+    with pytest.raises(errors.KeyFileError, match="is a symbolic link"):
+        load_key(link)
+
+
 @pytest.mark.parametrize("content", ["", "zz" * 32 + "\n", "ab" * 31 + "\n", "ab" * 33])
 def test_bad_key_files(tmp_path: Any, content: str) -> None:
     path = tmp_path / "k"

@@ -2,11 +2,13 @@
 
 A key is 32 random bytes; its id is the first 8 bytes of its SHA-256, in hex. Keys
 come only from files (`--key-file` or `BMC_KEY_FILE`), never from a command line.
-A key file that group or others may read is refused.
+A key file that group or others may read or write is refused, and so is a symbolic
+link (name the file itself).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -53,12 +55,16 @@ class Key:
 
 
 def load_key(path: str) -> Key:
-    """Read a key file, refusing one that group or others can read."""
+    """Read a key file, refusing one that group or others can read or write."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} does not exist") from None
     except OSError as e:
+        if e.errno == errno.ELOOP and os.path.islink(path):  # O_NOFOLLOW
+            raise KeyFileError(
+                f"key file {path} is a symbolic link: give the file itself"
+            ) from None
         raise KeyFileError(f"cannot open key file {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
@@ -67,7 +73,8 @@ def load_key(path: str) -> Key:
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise KeyFileError(
-                f"key file {path} is readable by others (mode {mode:04o}); run: chmod 600 {path}"
+                f"key file {path} can be read or written by others (mode {mode:04o});"
+                f" run: chmod 600 {path}"
             )
         raw = os.read(fd, 200)
     finally:
