@@ -140,6 +140,8 @@ def test_probe_one_target_by_slot_or_serial(bridge: str) -> None:
     assert by_slot(samples(text), "fake_slot") == {"slot3": 3}
     _, text = get(bridge + "/probe?target=SERIAL01", OM_ACCEPT)  # serial seen by now
     assert by_slot(samples(text), "fake_slot") == {"slot1": 1}
+    _, text = get(bridge + "/probe?target=serial03", OM_ACCEPT)  # as bmcctl takes it
+    assert by_slot(samples(text), "fake_slot") == {"slot3": 3}
     with pytest.raises(urllib.error.HTTPError) as e:
         get(bridge + "/probe?target=slot9")
     assert e.value.code == 404

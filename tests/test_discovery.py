@@ -76,6 +76,7 @@ def test_usb_ports_by_id_and_name_with_the_hub_from_the_environment(
     assert (ports[0].slot_number, ports[1].slot_number) == (3, None)
     assert discovery.match(ports, "3") is ports[0]
     assert discovery.match(ports, "E661-1.2.3:1.0") is ports[0]  # by serial
+    assert discovery.match(ports, "e661-1.2.3:1.0") is ports[0]  # typed in lower case
     # re-enumerated under another tty: found again at its port
     infos[1] = _info("/dev/ttyACM7", "1-1.2.3:1.0")
     assert ports[0].resolve() == "/dev/ttyACM7"

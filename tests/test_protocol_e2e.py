@@ -169,6 +169,8 @@ def test_status_needs_no_key_and_targets_by_slot_serial_port(ctl: Ctl, rack: Rac
     code, rows = ctl.json("status", serial, "slot3", rack.port(4))
     assert code == 0
     assert [r["target"] for r in rows] == ["slot2", "slot3", "slot4"]
+    code, rows = ctl.json("status", serial.lower())  # a serial typed in lower case
+    assert code == 0 and [r["target"] for r in rows] == ["slot2"]
     code, rows = ctl.json("status", "--all")
     assert code == 0 and len(rows) == BOARDS
 

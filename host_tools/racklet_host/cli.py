@@ -213,7 +213,7 @@ def find_targets(args: argparse.Namespace, timeout: float) -> List[BmcPort]:
     if None in hits:
         # maybe serial numbers the ports do not advertise: ask the BMCs
         _ask_serials([p for p in ports if p.serial is None], timeout)
-        hits = [discovery.match(ports, sel) or discovery.match(ports, sel.upper()) for sel in sels]
+        hits = [discovery.match(ports, sel) for sel in sels]
     chosen: List[BmcPort] = []
     for sel, hit in zip(sels, hits):  # in the order given
         if hit is None:

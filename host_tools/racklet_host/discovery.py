@@ -264,10 +264,15 @@ def select(ports: Sequence[BmcPort], selectors: Sequence[str]) -> List[BmcPort]:
     return chosen
 
 
+def same_serial(serial: Optional[str], sel: str) -> bool:
+    """A BMC's serial (upper-case hex) as a user may type it: in either case."""
+    return serial is not None and serial.upper() == sel.upper()
+
+
 def match(ports: Sequence[BmcPort], sel: str) -> Optional[BmcPort]:
     want = f"slot{sel}" if _PORTS_RE.match(sel) else sel  # `3`, `4.1`: hub ports
     for p in ports:
-        if p.name == want or p.serial == sel:
+        if p.name == want or same_serial(p.serial, sel):
             return p
     real = os.path.realpath(sel) if os.path.exists(sel) else None
     for p in ports:

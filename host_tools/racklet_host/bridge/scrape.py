@@ -255,14 +255,14 @@ class Scraper:
             return hit
         unknown = []
         for p in ports:
-            if self.serials.get(p.name) == target:
+            if discovery.same_serial(self.serials.get(p.name), target):
                 return p
             if p.name not in self.serials:
                 unknown.append(p)
         if unknown:
             self.scrape(unknown, timeout=timeout)
             for p in unknown:
-                if self.serials.get(p.name) == target:
+                if discovery.same_serial(self.serials.get(p.name), target):
                     return p
         return None
 
