@@ -82,7 +82,9 @@ class PowerController:
         self._n = len(defn["rails"])
         self._names = [r["name"] for r in defn["rails"]]
         self.state = None  # until start()
-        self.last_change = clock.ticks_ms()
+        # uptime_ms, not ticks: ticks wrap every 2**30 ms (~12 days) on the RP2040,
+        # and an SBC stays in one state for weeks
+        self.last_change = clock.uptime_ms()
         self.cause = None
         self.fault = None  # detail of the current fault
         self.fault_cause = None
@@ -241,7 +243,7 @@ class PowerController:
         old = self.state
         self.state = state
         self.cause = cause
-        self.last_change = self._clock.ticks_ms()
+        self.last_change = self._clock.uptime_ms()
         _inc(self.transitions_total, cause)
         self._events.add(
             "power", cause, "%s->%s%s" % (old or "Start", state, (": " + detail) if detail else "")
@@ -561,4 +563,4 @@ class PowerController:
 
     def since_ms(self):
         """Milliseconds since the last state change."""
-        return self._clock.ticks_diff(self._clock.ticks_ms(), self.last_change)
+        return self._clock.uptime_ms() - self.last_change

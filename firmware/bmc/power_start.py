@@ -26,7 +26,7 @@ def start(pc):
     pc._bs_line = lines.boot_select
     if pc._bs_line is None:
         pc._bs_line = lines.power_button
-    pc.last_change = now
+    pc.last_change = pc._clock.uptime_ms()
     if n_on == pc._n:
         pc._enter(ON, adopt_cause, "adopted: all rails have power-good")
         persist.set_sbc_on(True)

@@ -618,6 +618,26 @@ def sc_tick_wrap(root):
     assert r3.pc.ms_to_next_deadline() <= 50
 
 
+WEEK = 7 * 86400 * 1000  # past 2**29 ms: a ticks_diff over it comes out negative
+
+
+def sc_since_last_change_after_weeks(root):
+    # since_ms (in status, and sbc_power_last_change_seconds made from it) counts on
+    # past 2**29 ms (where a ticks_diff turns negative) and 2**30 (where it is ~0 again).
+    r = powered_on(root)
+    s0 = r.pc.since_ms()
+    u0 = r.clock.uptime_ms()
+    for ms in (WEEK, WEEK):
+        r.clock.advance(ms)
+        r.step()
+        assert r.pc.state == "On"
+        since = s0 + r.clock.uptime_ms() - u0
+        assert r.pc.since_ms() == since, (r.pc.since_ms(), since)
+        st = r.pc.status()
+        assert st["since_ms"] == since, st
+        assert st["last_change"] == r.clock.uptime_ms() - since, st
+
+
 def pi5_board():
     """Pi-5-like: a power button instead of RUN/boot-select, a watched-only rail."""
     return boardfile.validate(
@@ -688,5 +708,6 @@ SCENARIOS = [
     sc_partial_power_at_start,
     sc_boot_mode_usb,
     sc_tick_wrap,
+    sc_since_last_change_after_weeks,
     sc_pi5_power_button_and_watched_rail,
 ]
