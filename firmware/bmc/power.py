@@ -94,7 +94,7 @@ class PowerController:
         self._rail = 0
         self._dl = None  # ticks of the current step's deadline, or None
         self._pending_on = False
-        self._off_since = None
+        self._off_since = None  # uptime_ms (not ticks: an SBC stays off for weeks)
         self._shutdown_cause = None
         self._lost_since = None
         self._grace_until = None
@@ -288,7 +288,7 @@ class PowerController:
         self._phase = None
         self._pending_on = False
         self._lost_since = None
-        self._off_since = self._clock.ticks_ms()
+        self._off_since = self._clock.uptime_ms()
         self.fault = detail
         self.fault_cause = cause
         _inc(self.faults_total, cause)
@@ -307,10 +307,11 @@ class PowerController:
             self._bs_line.set(True)
         self._bs_release = None
         self._phase = "wait_off"
-        if self._off_since is None:
-            self._dl = None
-        else:
-            self._dl = self._clock.ticks_add(self._off_since, self.config.value("min_off_ms"))
+        self._dl = None
+        if self._off_since is not None:
+            left = self._off_since + self.config.value("min_off_ms") - self._clock.uptime_ms()
+            if left > 0:
+                self._deadline(left)
 
     def _begin_shutdown(self, cause, restart, line):
         self._enter(SHUTTING_DOWN, cause, "restart" if restart else "")
@@ -344,7 +345,7 @@ class PowerController:
         self._dl = None
 
     def _off_done(self, now):
-        self._off_since = now
+        self._off_since = self._clock.uptime_ms()
         self._dl = None
         self._phase = None
         if self._pending_on:

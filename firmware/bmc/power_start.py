@@ -11,7 +11,6 @@ from bmc.power import OFF, ON
 
 def start(pc):
     lines = pc._lines
-    now = pc._clock.ticks_ms()
     pg = lines.pgood_all()
     halted = lines.halted.get()
     n_on = 0
@@ -34,7 +33,7 @@ def start(pc):
             pc._os_halt("halted already asserted at BMC start")
         return
     if n_on == 0:
-        pc._off_since = now
+        pc._off_since = pc._clock.uptime_ms()
         was_on = persist.sbc_on
         if was_on:
             pc._enter(OFF, "power_lost_while_bmc_away", "SBC was on when the BMC went down")

@@ -621,6 +621,29 @@ def sc_tick_wrap(root):
 WEEK = 7 * 86400 * 1000  # past 2**29 ms: a ticks_diff over it comes out negative
 
 
+def sc_min_off_after_a_week(root):
+    # An SBC left off (or in Fault) for a week has long served its minimum off time:
+    # On must not wait in PoweringOn for days because ticks wrapped meanwhile.
+    r = Rig(board(), root)  # adopted Off at BMC start
+    r.clock.advance(WEEK)
+    r.step()
+    r.act("On")
+    r.until_state("On", 3000)
+    r.act("ForceOff")
+    r.until_state("Off", 2000)
+    r.clock.advance(WEEK)
+    r.step()
+    r.act("On")
+    r.until_state("On", 3000)
+    r.sbc.dropped = [1]
+    r.until_state("Fault", 200)
+    r.clock.advance(WEEK)
+    r.step()
+    r.sbc.dropped = []
+    r.act("ForceOn")
+    r.until_state("On", 3000)
+
+
 def sc_since_last_change_after_weeks(root):
     # since_ms (in status, and sbc_power_last_change_seconds made from it) counts on
     # past 2**29 ms (where a ticks_diff turns negative) and 2**30 (where it is ~0 again).
@@ -708,6 +731,7 @@ SCENARIOS = [
     sc_partial_power_at_start,
     sc_boot_mode_usb,
     sc_tick_wrap,
+    sc_min_off_after_a_week,
     sc_since_last_change_after_weeks,
     sc_pi5_power_button_and_watched_rail,
 ]
