@@ -169,6 +169,8 @@ class PowerController:
         elif action == "GracefulShutdown" or action == "GracefulRestart":
             if st != ON:
                 self._refuse(action, self._only_on(st))
+            if self._pulse_line is not None:  # RUN: the SBC is in reset, deaf to the request
+                self._refuse(action, "a pulse is in progress")
             self._begin_shutdown(cause, action == "GracefulRestart", self._lines.shutdown_req)
         elif action == "ForceRestart":
             if st != ON:
@@ -210,6 +212,8 @@ class PowerController:
             if st == OFF:
                 self._begin_on(cause)
             elif st == ON:
+                if self._pulse_line is not None:
+                    self._refuse(action, "a pulse is in progress")
                 line = self._lines.power_button
                 if line is None:
                     line = self._lines.shutdown_req

@@ -219,7 +219,7 @@ class FakeSBC:
         pb = self._sig.get("power_button")
         pbv = self._asserted(pb) if pb is not None else False
         pressed = (req and not self._req_was) or (pbv and not self._pb_was)
-        if was_running and self.running and pressed:
+        if was_running and self.running and pressed and not self._in_reset:  # held in reset: deaf
             self.shutdown_requests += 1
             if not self.halt_never and self._halt_at is None and not self.halted:
                 self._halt_at = self.clock.ticks_add(now, self.halt_delay)

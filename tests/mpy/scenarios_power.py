@@ -271,6 +271,28 @@ def sc_force_restart_pulses_run(root):
     assert "RUN" in e.reason and e.state == "On"
 
 
+def sc_shutdown_during_run_pulse(root):
+    # a shutdown asked for while ForceRestart's RUN pulse is out must not keep the
+    # SBC in reset (deaf to the request until the graceful timeout forces it off)
+    n = 0
+    for action in ("GracefulShutdown", "GracefulRestart", "PushPowerButton"):
+        n += 1
+        r = powered_on(root + "/%d" % n)
+        t = r.clock.ticks_ms()
+        r.act("ForceRestart")
+        r.step(20)
+        e = r.refused(action)
+        assert e.state == "On" and "pulse" in e.reason, e.reason
+        r.run(200)
+        run = r.changes(r.pin("run"), t)
+        assert [c[1] for c in run] == [0, 1], (action, run)
+        assert r.clock.ticks_diff(run[1][0], run[0][0]) <= 110, (action, run)
+        r.act(action)  # accepted once the pulse is over
+        assert r.pc.state == "ShuttingDown"
+        r.run_until(lambda: r.pc.state in ("Off", "On") and r.sbc.shutdown_requests, 5000)
+        assert r.pc.forced_off_total == 0
+
+
 def sc_power_cycle_waits_min_off(root):
     r = powered_on(root)
     t = r.clock.ticks_ms()
@@ -718,6 +740,7 @@ SCENARIOS = [
     sc_graceful_timeout_forces_off,
     sc_graceful_restart,
     sc_force_restart_pulses_run,
+    sc_shutdown_during_run_pulse,
     sc_power_cycle_waits_min_off,
     sc_min_off_time_on_after_off,
     sc_push_power_button,
