@@ -427,13 +427,19 @@ class PowerController:
             elif ph == "rail":
                 i = self._rail
                 lost = self._first_lost(i)
-                if lost >= 0:
-                    self._fault(
-                        "pgood_lost",
-                        "rail %s lost power-good while rail %s came up"
-                        % (self._names[lost], self._names[i]),
-                    )
+                if lost >= 0:  # debounced as while On: the next rail's inrush may dip it
+                    if self._lost_since is None:
+                        self._lost_since = now
+                    if self._clock.ticks_diff(now, self._lost_since) >= self.config.value(
+                        "pgood_debounce_ms"
+                    ):
+                        self._fault(
+                            "pgood_lost",
+                            "rail %s lost power-good while rail %s came up"
+                            % (self._names[lost], self._names[i]),
+                        )
                     return
+                self._lost_since = None
                 if not self._lines.pgoods[i].get():
                     if self._due(now):
                         self._fault(

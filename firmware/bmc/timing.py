@@ -8,7 +8,7 @@ TIMING = {
     "rail_delay_ms": (10, 0, 10000),  # after a rail's pgood, before the next enable
     "rail_off_delay_ms": (10, 0, 10000),  # between rail disables on power-off
     "pgood_off_timeout_ms": (3000, 1, 60000),  # power-good must be gone by then
-    "pgood_debounce_ms": (10, 0, 1000),  # pgood low this long while On = lost
+    "pgood_debounce_ms": (10, 0, 1000),  # pgood low this long while On or powering on = lost
     "graceful_timeout_ms": (60000, 1000, 3600000),
     "min_off_ms": (5000, 0, 600000),
     "reset_pulse_ms": (100, 1, 10000),

@@ -186,6 +186,27 @@ def sc_pgood_glitch_is_filtered(root):
     assert r.pc.state == "On"
 
 
+def sc_pgood_glitch_while_powering_on(root):
+    # the next rail's inrush may dip the one before for a moment: filtered as while On
+    r = Rig(board(), root)
+    r.run(1000)
+    r.act("On")
+    r.run_until(lambda: r.pc._phase == "rail" and r.pc._rail == 1, 2000)
+    r.sbc.dropped = [0]
+    r.step(5)
+    r.sbc.dropped = []
+    r.until_state("On", 1000)
+    assert r.pc.faults_total == {}
+    # a lasting loss still ends the power-on, within the debounce time
+    r2 = Rig(board(), root + "/b")
+    r2.run(1000)
+    r2.act("On")
+    r2.run_until(lambda: r2.pc._phase == "rail" and r2.pc._rail == 1, 2000)
+    r2.sbc.dropped = [0]
+    r2.until_state("Fault", 30)
+    assert r2.pc.fault_cause == "pgood_lost" and "5v" in r2.pc.fault, r2.pc.fault
+
+
 def sc_pgood_stuck_after_off(root):
     r = powered_on(root)
     # the SBC keeps 3V3 from elsewhere: power-good never goes away
@@ -735,6 +756,7 @@ SCENARIOS = [
     sc_fault_is_sticky,
     sc_pgood_lost_while_on,
     sc_pgood_glitch_is_filtered,
+    sc_pgood_glitch_while_powering_on,
     sc_pgood_stuck_after_off,
     sc_graceful_shutdown,
     sc_graceful_timeout_forces_off,
