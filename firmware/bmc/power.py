@@ -23,9 +23,10 @@ reset of the BMC), "pgood_lost", "sequencing_timeout", "pgood_stuck",
 "partial_power_at_start" (or whatever cause the caller passes to request()).
 
 Rules it keeps: rails go on in order, each waiting for its power-good within
-its timeout, and off in reverse order; a fault switches every rail off and
-stays in Fault until ForceOff or ForceOn; the minimum off time holds between
-any off and the next on (a request waits in PoweringOn, it is not refused);
+its timeout (one already up before its enable is a fault), and off in reverse
+order; a fault switches every rail off and stays in Fault until ForceOff or
+ForceOn; the minimum off time holds between any off and the next on (a request
+waits in PoweringOn, it is not refused);
 the SBC is never powered on by the firmware on its own except by the restore
 policy at BMC start, and never after it halted by itself.
 """
@@ -422,6 +423,12 @@ class PowerController:
                 self._phase = "rail"
                 en = self._lines.enables[self._rail]
                 if en is not None:
+                    if self._lines.pgoods[self._rail].get():  # stuck, or fed from elsewhere
+                        self._fault(
+                            "pgood_stuck",
+                            "rail %s has power-good before its enable" % self._names[self._rail],
+                        )
+                        return
                     en.set(True)
                 self._deadline(self.config.pgood_timeout_ms(self._rail))
             elif ph == "rail":

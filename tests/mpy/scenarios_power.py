@@ -223,6 +223,31 @@ def sc_pgood_stuck_after_off(root):
     assert r.pc.fault_cause == "pgood_stuck" and "3v3" in r.pc.fault
 
 
+def sc_pgood_stuck_before_enable(root):
+    # a power-good already asserted before its rail is enabled proves nothing: the
+    # power-on stops there instead of taking it for the rail and going on
+    for rail, pin in ((0, 3), (1, 5)):
+        r = Rig(board(), root + "/%d" % rail)
+        r.run(1000)
+        r.wires.sbc[pin] = 1
+        real = r.sbc._drive
+
+        def drive(s, asserted, real=real, pin=pin):
+            if s["pin"] != pin:
+                real(s, asserted)
+
+        r.sbc._drive = drive
+        t = r.clock.ticks_ms()
+        r.act("On")
+        r.until_state("Fault", 2000)
+        assert r.pc.fault_cause == "pgood_stuck", r.pc.fault
+        assert r.defn["rails"][rail]["name"] in r.pc.fault, r.pc.fault
+        assert rises(r, r.pin("global_en"), t) == []  # the PMIC never enabled
+        assert r.wires.level(r.rail_pin(0)) == 0
+        if rail == 0:
+            assert rises(r, r.rail_pin(0), t) == []
+
+
 # ---------------------------------------------------------------- actions
 
 
@@ -758,6 +783,7 @@ SCENARIOS = [
     sc_pgood_glitch_is_filtered,
     sc_pgood_glitch_while_powering_on,
     sc_pgood_stuck_after_off,
+    sc_pgood_stuck_before_enable,
     sc_graceful_shutdown,
     sc_graceful_timeout_forces_off,
     sc_graceful_restart,
