@@ -135,6 +135,9 @@ def test_bad_files(tmp_path: pathlib.Path) -> None:
         boardfile.load(str(tmp_path / "missing.json"))
     with pytest.raises(BoardFileError, match="board: expected an object"):
         boardfile.parse("[1, 2]")
+    p.write_bytes(b"\xff\xfe{\x00")  # garbage on flash: MicroPython's UnicodeError has no message
+    with pytest.raises(BoardFileError, match="b.json: not UTF-8 text"):
+        boardfile.load(str(p))
 
 
 def test_ina219_and_monitored_rail() -> None:

@@ -365,4 +365,6 @@ def load(path):
             text = f.read()
     except OSError as e:
         raise BoardFileError(path + ": cannot read (" + str(e) + ")")
+    except ValueError:  # UnicodeError; MicroPython's has no message
+        raise BoardFileError(path + ": not UTF-8 text")
     return parse(text, path)
