@@ -28,7 +28,8 @@ order; a fault switches every rail off and stays in Fault until ForceOff or
 ForceOn; the minimum off time holds between any off and the next on (a request
 waits in PoweringOn, it is not refused);
 the SBC is never powered on by the firmware on its own except by the restore
-policy at BMC start, and never after it halted by itself.
+policy at BMC start (AlwaysOn at every BMC start, also after the SBC halted by
+itself; LastState never after that).
 """
 
 from bmc import ondemand
