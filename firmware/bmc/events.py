@@ -69,8 +69,14 @@ class EventLog:
             self.last_seq = e[0]
             self._file_lines += 1
         if bad:
-            # Rewrite so the torn/corrupt lines are gone, then say so.
-            self._compact()
+            # Rewrite so the torn/corrupt lines are gone, then say so. A full flash
+            # (ENOSPC) must not stop the start: the next flush rewrites it, as after
+            # any failed write.
+            try:
+                self._compact()
+            except OSError:
+                self.write_errors += 1
+                self._broken = True
             self.add("store", "corrupt", "%s: %d unreadable line(s) skipped" % (name, bad))
 
     def __len__(self):

@@ -1,0 +1,110 @@
+"""A full flash: the whole firmware on a small littlefs (MicroPython only).
+
+    micropython -X heapsize=320K -m scenarios_flash_full TMPDIR [SCENARIO]
+
+Each scenario formats an image file in its folder with the simulated board's block
+device (`bmc.board.simflash`: MicroPython's littlefs, as on an RP2040) and mounts it at
+/flash, where `boot_helpers.fresh` puts the BMC's files. A write the flash has no room
+for fails in littlefs with ENOSPC: the BMC must answer it with a clear error, keep what
+it stored before, and still start.
+"""
+
+import os
+
+from app_rig import hexkey, key_id, new_key
+from boot_helpers import admin_and_operator, causes, err, fresh, ok, run_main
+
+MNT = "/flash"
+
+
+def flash(root, blocks):
+    """A blank littlefs of `blocks` 4 KiB blocks (an image in `root`), mounted at /flash."""
+    import vfs  # MicroPython's: imported here, so CPython can list the scenarios
+    from bmc.board import simflash
+
+    try:
+        vfs.umount(MNT)
+    except OSError:
+        pass
+    f, _ = simflash.open_image(root + "/flash.img", blocks)
+    bdev = simflash.FileBlockDevice(f, block_count=blocks)
+    vfs.VfsLfs2.mkfs(bdev, progsize=simflash.PROG_SIZE)
+    vfs.mount(vfs.VfsLfs2(bdev, progsize=simflash.PROG_SIZE), MNT)
+    return MNT
+
+
+def fill(mnt):
+    """Files `fill<n>` until the flash takes no more: first 64 KiB ones (fill0 is one),
+    then smaller ones and empty ones for the room left in the metadata."""
+    piece = b"x" * 4096
+    n = 0
+    for size in (65536, 4096, 600, 100, 0):
+        while True:
+            try:
+                with open("%s/fill%d" % (mnt, n), "wb") as f:
+                    left = size
+                    while left:
+                        left -= f.write(piece[: min(left, 4096)])
+            except OSError:
+                break
+            n += 1
+    return n
+
+
+def unfill(mnt):
+    for name in os.listdir(mnt):
+        if name.startswith("fill"):
+            os.remove(mnt + "/" + name)
+
+
+def many_keys(rig, admin, n):
+    """`n` more operator keys: a keys file too long to live in littlefs's metadata."""
+    for _ in range(n):
+        ok(rig.host.call("keys-add", {"role": "operator", "key": hexkey(new_key())}, key=admin))
+
+
+def settle(rig):
+    for _ in range(5):
+        rig.step()
+
+
+def scenario_start_on_a_full_flash(root):
+    """A BMC starts and answers on a full flash, even when its event log needs the
+    rewrite that drops an unreadable line (it raised ENOSPC out of the start); writes
+    it has no room for are refused with `storage`, and what was stored stays."""
+    mnt = flash(root, 32)
+    rig = fresh(mnt)
+    admin, op = admin_and_operator(rig)
+    many_keys(rig, admin, 5)
+    settle(rig)
+    with open(rig.root + "/data/events.jsonl", "a") as f:
+        f.write("garbage\n")
+    fill(mnt)
+    rig.boot("soft")
+    settle(rig)
+    st = ok(rig.host.call("status"))
+    assert st["provisioned"] and st["boot_count"] == 2, st
+    assert rig.app.events.write_errors > 0  # no room for the rewrite: kept for later
+    r = rig.host.call("keys-add", {"role": "operator", "key": hexkey(new_key())}, key=admin)
+    err(r, "storage", "could not store keys")
+    err(rig.host.call("keys-revoke", {"key_id": key_id(op)}, key=admin), "storage")
+    assert len(ok(rig.host.call("keys-list", key=admin))["keys"]) == 7
+    unfill(mnt)
+    k = new_key()
+    ok(rig.host.call("keys-add", {"role": "admin", "key": hexkey(k)}, key=admin))
+    settle(rig)
+    with open(rig.root + "/data/events.jsonl") as f:
+        assert "garbage" not in f.read()  # rewritten once there was room
+    rig.boot("soft")
+    settle(rig)
+    assert len(ok(rig.host.call("keys-list", key=k))["keys"]) == 8
+    assert "corrupt" in causes(rig)
+
+
+SCENARIOS = [
+    scenario_start_on_a_full_flash,
+]
+
+
+if __name__ == "__main__":
+    run_main(SCENARIOS)
