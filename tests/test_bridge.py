@@ -862,6 +862,48 @@ def test_silent_clients_are_closed_and_connections_are_bounded() -> None:
         httpd.server_close()
 
 
+def test_a_client_that_resets_its_connection_leaves_no_traceback(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A client that closes with data unread (curl | head, a killed scraper) resets the
+    connection: the bridge, waiting for its next request, just closes it."""
+    import socket
+    import struct
+
+    from racklet_host.bridge import server
+    from racklet_host.bridge.scrape import Scraper
+
+    # one slot: a new connection is served only once the reset one's thread has ended
+    httpd = server.serve("127.0.0.1", 0, Scraper(lister=list), max_clients=1)
+    worker = threading.Thread(target=httpd.serve_forever, daemon=True)
+    worker.start()
+    host, port = httpd.server_address[0], int(httpd.server_address[1])
+    try:
+        s = socket.create_connection((host, port))
+        s.settimeout(2)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b"bmc_bridge_targets 0" not in answer:
+            got = s.recv(65536)
+            assert got, answer
+            answer += got
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # a reset, while the bridge waits for the next request on it
+        deadline = time.monotonic() + 3
+        while True:
+            try:
+                get(f"http://{host}:{port}/metrics", timeout=1)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "the reset connection kept its slot"
+                time.sleep(0.02)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+
+
 def test_paced_stand_ins_cut_a_text_shorter_than_the_recorded_one() -> None:
     # bench/metrics.py replays a recorded render with a shorter serial in it: cut into
     # the recorded chunk sizes, the text must come out whole (this once looped forever).

@@ -128,6 +128,14 @@ def make_handler(bridge: Bridge, idle_timeout: float) -> Type[BaseHTTPRequestHan
         def log_message(self, format: str, *args: object) -> None:
             pass  # a scrape every few seconds is not news
 
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except ConnectionError:
+                # the client went away: a reset while the bridge waited for its next
+                # request (it closed with an answer unread) or while it wrote one
+                pass
+
         def _send(self, code: int, body: bytes, ctype: str) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
