@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as text004_families
-from racklet_host.bridge.server import ConfigError, load_config
+from racklet_host.bridge.server import ConfigError, load_config, parse_listen
 
 from tests import omcheck
 from tests.fake_bmc import Fakes, fill_port
@@ -283,6 +283,15 @@ def test_config_files_that_are_not_utf8_or_hold_a_percent_sign(tmp_path: pathlib
         load_config(str(conf))
     conf.write_text("[bridge]\nrack = /srv/rack-100%\ntimeout = 2\n")
     assert load_config(str(conf)) == {"rack": "/srv/rack-100%", "timeout": "2"}
+
+
+def test_a_listen_address_with_no_host_is_refused_not_every_interface() -> None:
+    """`[]:9580` names no host: refused, where binding '' would serve every interface."""
+    assert parse_listen("[::1]:9580") == ("::1", 9580)
+    assert parse_listen("0.0.0.0:9580") == ("0.0.0.0", 9580)  # every interface, on purpose
+    for text in ("[]:9580", ":9580", "[]]:9580"):
+        with pytest.raises(ConfigError, match="is not HOST:PORT"):
+            parse_listen(text)
 
 
 def test_an_ipv6_listen_address_is_bound_as_ipv6(tmp_path: pathlib.Path) -> None:

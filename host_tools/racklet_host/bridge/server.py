@@ -55,9 +55,9 @@ class ConfigError(ValueError):
 
 def parse_listen(text: str) -> Tuple[str, int]:
     host, sep, port = text.rpartition(":")
+    host = host.strip("[]")  # `[]:9580` is no host, not '' (every interface)
     if not sep or not host:
         raise ConfigError(f"listen address '{text}' is not HOST:PORT")
-    host = host.strip("[]")
     try:
         number = int(port)
     except ValueError:
