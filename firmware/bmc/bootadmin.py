@@ -201,7 +201,10 @@ def put(bf, sha, size, offset, data, chunk_sha, manifest=False):
                 "boot file space full: %d + %d bytes > %d" % (bf._used(), size, bf.max_total),
             )
         up = bf._up = [sha, size, 0, manifest]
-        open(bf._tmp, "wb").close()
+        try:
+            open(bf._tmp, "wb").close()
+        except OSError as e:
+            _failed(bf, e)
     elif up is None or up[0] != sha or up[1] != size or up[2] != offset or up[3] != manifest:
         got = up[2] if (up is not None and up[0] == sha) else 0
         raise errors.CmdError(
@@ -221,8 +224,7 @@ def put(bf, sha, size, offset, data, chunk_sha, manifest=False):
     try:
         _append(bf._tmp, raw)
     except OSError as e:
-        bf._up = None
-        raise errors.CmdError(errors.STORAGE, "flash write failed: %s" % e)
+        _failed(bf, e)
     up[2] += len(raw)
     if up[2] < size:
         return {"received": up[2], "complete": False}
@@ -232,14 +234,28 @@ def put(bf, sha, size, offset, data, chunk_sha, manifest=False):
     if got != sha:
         os.remove(bf._tmp)
         _bad("whole-file digest mismatch: got %s, file discarded" % got)
-    if manifest:
-        for n in os.listdir(bf.dir):
-            if n.endswith(UPLOAD_SUFFIX):
-                os.remove(bf.dir + "/" + n)
-    os.rename(bf._tmp, path)
+    try:
+        if manifest:
+            for n in os.listdir(bf.dir):
+                if n.endswith(UPLOAD_SUFFIX):
+                    os.remove(bf.dir + "/" + n)
+        os.rename(bf._tmp, path)
+    except OSError as e:
+        _failed(bf, e)
     if count >= 0 and not manifest:
         save_crcs(bf, path, count, MAX_PAYLOAD)  # what streams send (bmc.bootfiles)
     return {"received": size, "complete": True}
+
+
+def _failed(bf, e):
+    """End the upload in progress on a failed flash write: its temp file goes too (left,
+    it would keep the flash full until the next upload began). CmdError(STORAGE)."""
+    bf._up = None
+    try:
+        os.remove(bf._tmp)
+    except OSError:
+        pass
+    raise errors.CmdError(errors.STORAGE, "flash write failed: %s" % e)
 
 
 def _append(path, data):

@@ -128,6 +128,10 @@ class BootFiles:
             pass
         self._tmp = self.dir + "/upload.tmp"
         self._up = None  # [sha, size, received, manifest] of the upload in progress
+        try:  # an upload cut short by a reset: it cannot go on, and would hold the flash
+            os.remove(self._tmp)
+        except OSError:
+            pass
         self.counters = {}
         for c in COUNTERS:
             self.counters[c] = 0

@@ -9,10 +9,12 @@ for fails in littlefs with ENOSPC: the BMC must answer it with a clear error, ke
 it stored before, and still start.
 """
 
+import binascii
+import hashlib
 import os
 
 from app_rig import hexkey, key_id, new_key
-from boot_helpers import admin_and_operator, causes, err, fresh, ok, run_main
+from boot_helpers import admin_and_operator, b64, causes, err, fresh, ok, run_main
 
 MNT = "/flash"
 
@@ -101,8 +103,69 @@ def scenario_start_on_a_full_flash(root):
     assert "corrupt" in causes(rig)
 
 
+def _upload_chunks(rig, admin, count, tag, upto=None):
+    """Upload a file of `count` 1 KiB chunks (made as they go: the harness shares the
+    heap), or its first `upto`; the first refusal, or None."""
+
+    def chunk(i):
+        return (tag + b"%06d" % i) * 128  # tag: 2 bytes
+
+    h = hashlib.sha256()
+    for i in range(count):
+        h.update(chunk(i))
+    sha = binascii.hexlify(h.digest()).decode()
+    for i in range(count if upto is None else upto):
+        c = chunk(i)
+        args = {"sha256": sha, "size": 1024 * count, "offset": 1024 * i, "data": b64(c)}
+        args["chunk_sha256"] = binascii.hexlify(hashlib.sha256(c).digest()).decode()
+        r = rig.host.call("boot-file-put", args, key=admin)
+        if not r["ok"]:
+            return r
+    return None
+
+
+def _room(mnt, size):
+    """True when a file of `size` bytes still fits on the flash (it is removed again)."""
+    path = mnt + "/room"
+    try:
+        with open(path, "wb") as f:
+            for _ in range(size // 1024):
+                f.write(b"r" * 1024)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.remove(path)
+
+
+def scenario_upload_failing_part_way_frees_its_space(root):
+    """An upload the flash runs out of room for is refused with `storage`, and the part
+    already written goes with it: it kept the flash full until the next upload began.
+    One a BMC restart cut short (it cannot go on) is gone after the start."""
+    mnt = flash(root, 32)
+    rig = fresh(mnt)
+    admin, op = admin_and_operator(rig)
+    settle(rig)
+    fill(mnt)
+    os.remove(mnt + "/fill0")  # 64 KiB free
+    assert _room(mnt, 49152)
+    err(_upload_chunks(rig, admin, 100, b"up"), "storage", "flash write failed")
+    boot = rig.root + "/data/boot"
+    assert "upload.tmp" not in os.listdir(boot)
+    assert _room(mnt, 49152)
+    assert _upload_chunks(rig, admin, 40, b"ab", upto=30) is None
+    assert not _room(mnt, 49152)
+    rig.boot("soft")
+    assert "upload.tmp" not in os.listdir(boot)
+    assert _room(mnt, 49152)
+    r = _upload_chunks(rig, admin, 40, b"ab")
+    assert r is None, r
+    assert len([n for n in os.listdir(boot) if not n.endswith(".crc")]) == 1
+
+
 SCENARIOS = [
     scenario_start_on_a_full_flash,
+    scenario_upload_failing_part_way_frees_its_space,
 ]
 
 
