@@ -30,6 +30,10 @@ from bmc.compat import const
 
 _HEX = "0123456789abcdef"
 _HASH_BUF = const(512)
+# Boot files stored at once (2 * MAX_FILES): an old manifest's and a new one's. max_total
+# counts bytes, but littlefs gives a file of over 512 bytes 4 KiB blocks of its own:
+# without a bound on their number, small uploads filled a 1 MiB flash at a fifth of it.
+MAX_STORED = const(64)
 
 
 def check_sha(sha, what="sha256"):
@@ -195,11 +199,8 @@ def put(bf, sha, size, offset, data, chunk_sha, manifest=False):
         return {"received": size, "complete": True}
     up = bf._up
     if offset == 0:
-        if not manifest and bf._used() + size > bf.max_total:
-            raise errors.CmdError(
-                errors.STORAGE,
-                "boot file space full: %d + %d bytes > %d" % (bf._used(), size, bf.max_total),
-            )
+        if not manifest:
+            _check_room(bf, size)
         up = bf._up = [sha, size, 0, manifest]
         try:
             open(bf._tmp, "wb").close()
@@ -245,6 +246,26 @@ def put(bf, sha, size, offset, data, chunk_sha, manifest=False):
     if count >= 0 and not manifest:
         save_crcs(bf, path, count, MAX_PAYLOAD)  # what streams send (bmc.bootfiles)
     return {"received": size, "complete": True}
+
+
+def _check_room(bf, size):
+    """CmdError(STORAGE) unless a new boot file of `size` bytes fits max_total and
+    MAX_STORED (stored files are named by their digest alone)."""
+    if bf._used() + size > bf.max_total:
+        raise errors.CmdError(
+            errors.STORAGE,
+            "boot file space full: %d + %d bytes > %d" % (bf._used(), size, bf.max_total),
+        )
+    n = 0
+    for name in os.listdir(bf.dir):
+        if len(name) == 64:
+            n += 1
+    if n >= MAX_STORED:
+        raise errors.CmdError(
+            errors.STORAGE,
+            "boot file space full: %d files stored, at most %d; a manifest set drops"
+            " the ones it does not list" % (n, MAX_STORED),
+        )
 
 
 def _failed(bf, e):
