@@ -253,6 +253,42 @@ def test_port_held_by_another_program_is_waited_for(bridge: str, fakes: Fakes) -
     assert by_slot(v, "bmc_up") == {"slot1": 1, "slot2": 1, "slot3": 1}
 
 
+def test_a_stop_does_not_wait_for_a_port_another_program_holds(fakes: Fakes) -> None:
+    """SIGTERM (systemd's stop) while a scrape waits for a port another program holds:
+    the bridge ends at once, not at that scrape's deadline (the timeout, up to 120 s:
+    past systemd's stop timeout, which then kills it)."""
+    from racklet_host.transport import Link
+
+    held = Link(str(fakes.rack / "slot1"))  # as bmcctl holds it during a long command
+    p, url = start_bridge("--rack", str(fakes.rack), "--timeout", "60")
+    try:
+        threads = pathlib.Path(f"/proc/{p.pid}/task")
+        idle = len(list(threads.iterdir()))  # the main thread and the HTTP server's
+
+        def ask() -> None:
+            try:
+                get(url + "/metrics")
+            except OSError:
+                pass  # the bridge stopped before it answered
+
+        threading.Thread(target=ask, daemon=True).start()
+        deadline = time.monotonic() + 5
+        while len(list(threads.iterdir())) < idle + 2:  # the request's and the wait's
+            assert time.monotonic() < deadline, "the scrape did not start"
+            time.sleep(0.01)
+        p.send_signal(signal.SIGTERM)
+        try:
+            assert p.wait(5) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail("the bridge waited for the held port's scrape before it stopped")
+        assert p.stderr is not None and "Traceback" not in p.stderr.read()
+    finally:
+        held.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def test_bad_command_line_and_config(tmp_path: pathlib.Path) -> None:
     conf = tmp_path / "bridge.ini"
     conf.write_text("[bridge]\nlisten = 127.0.0.1:http\n")
