@@ -36,5 +36,8 @@ def factory_reset(app, req):
 
 
 def maintenance(app, req):
-    app.request_maintenance()
+    try:
+        app.request_maintenance()
+    except OSError as e:  # no room on the flash for the flag: refused, no reboot
+        raise errors.CmdError(errors.STORAGE, "could not store the maintenance flag: %s" % e)
     return {"maintenance": "next boot", "rebooting": True}

@@ -11,11 +11,17 @@ FLAG = "/data/maintenance.flag"
 
 
 def request(root):
-    f = open(root + FLAG, "w")
+    """Set the flag; OSError when the flash takes no flag (none is left behind, so a
+    refused request never turns into maintenance at some later start)."""
     try:
-        f.write("1")
-    finally:
-        f.close()
+        f = open(root + FLAG, "w")
+        try:
+            f.write("1")
+        finally:
+            f.close()
+    except OSError:
+        consume(root)
+        raise
 
 
 def consume(root):

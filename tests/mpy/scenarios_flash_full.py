@@ -186,8 +186,31 @@ def scenario_small_uploads_cannot_fill_the_flash(root):
     ok(rig.host.call("keys-revoke", {"key_id": key_id(op)}, key=admin))
 
 
+def scenario_maintenance_on_a_full_flash(root):
+    """No room for the maintenance flag: refused as `storage`, no reboot, no flag left
+    to turn a later start into maintenance; with room it is set."""
+    mnt = flash(root, 32)
+    rig = fresh(mnt)
+    admin, _ = admin_and_operator(rig)
+    settle(rig)
+    fill(mnt)
+    fill(rig.root + "/data")  # the flag's folder has a metadata block of its own
+    err(rig.host.call("maintenance", key=admin), "storage", "maintenance flag")
+    assert not rig.app.reboot_pending
+    assert "maintenance.flag" not in os.listdir(rig.root + "/data")
+    unfill(mnt)
+    unfill(rig.root + "/data")
+    try:
+        rig.host.call("maintenance", key=admin)
+    except SystemExit:  # the rig's board: the reboot that follows the reply
+        pass
+    assert rig.board.rebooted
+    assert "maintenance.flag" in os.listdir(rig.root + "/data")
+
+
 SCENARIOS = [
     scenario_start_on_a_full_flash,
+    scenario_maintenance_on_a_full_flash,
     scenario_upload_failing_part_way_frees_its_space,
     scenario_small_uploads_cannot_fill_the_flash,
 ]
