@@ -131,6 +131,19 @@ def test_text_004_passes_promtool(bridge: str, tmp_path: pathlib.Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_methods_other_than_get_and_head_are_not_allowed(bridge: str) -> None:
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+        req = urllib.request.Request(bridge + "/metrics", data=b"x=1", method=method)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=TIMEOUT)
+        assert e.value.code == 405, method
+        assert e.value.headers["Allow"] == "GET, HEAD", method
+    req = urllib.request.Request(bridge + "/metrics", method="HEAD")
+    with urllib.request.urlopen(req, timeout=TIMEOUT + 3) as resp:
+        assert resp.status == 200 and resp.read() == b""
+        assert int(resp.headers["Content-Length"]) > 0
+
+
 def test_probe_one_target_by_slot_or_serial(bridge: str) -> None:
     _, text = get(bridge + "/probe?target=slot2", OM_ACCEPT)
     v = samples(text)

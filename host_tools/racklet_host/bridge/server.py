@@ -150,6 +150,20 @@ def make_handler(bridge: Bridge, idle_timeout: float) -> Type[BaseHTTPRequestHan
         def do_HEAD(self) -> None:
             self.do_GET()
 
+        def _not_allowed(self) -> None:
+            """A read-only exporter: 405 with what it allows (RFC 9110), not a 501."""
+            self.send_response(405)
+            self.send_header("Allow", "GET, HEAD")
+            body = b"method not allowed: only GET and HEAD\n"
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")  # its body, unread, is no next request
+            self.end_headers()
+            self.close_connection = True
+            self.wfile.write(body)
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             om = expo.wants_openmetrics(self.headers.get("Accept"))
