@@ -73,6 +73,24 @@ def make_keys() -> dict[str, str]:
         ).decode(),
         "p384_pem": p384.public_key().public_bytes(PEM, SPKI).decode(),
         "tuf_root": json.dumps(root, separators=(",", ":")),
+        "bad": bad_keys(json.dumps(root, separators=(",", ":"))),
+    }
+
+
+def bad_keys(tuf_root: str) -> dict[str, str]:
+    """Key texts the BMC must refuse (`invalid`), by what is wrong with them; some get
+    past MicroPython's lenient parsers, so they are tried under it too (boot_units)."""
+    signed = '"signed":{'
+    assert signed in tuf_root
+    extra = '"signed":{"x":%s,'
+    return {
+        # MicroPython's json.loads takes these; the root is served as it is
+        "tuf root, trailing comma": tuf_root[:-1] + ",}",
+        "tuf root, no colon": tuf_root.replace(signed, extra % '"a" 1', 1),
+        "tuf root, unknown escape": tuf_root.replace(signed, extra % '"\\q"', 1),
+        "tuf root, raw newline in a string": tuf_root.replace(signed, extra % '"a\nb"', 1),
+        "tuf root, number 012": tuf_root.replace(signed, extra % "012", 1),
+        "tuf root, a key twice": tuf_root.replace(signed, '"signed":{"_type":"targets",', 1),
     }
 
 

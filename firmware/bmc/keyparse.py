@@ -175,11 +175,143 @@ def parse_public(text):
     _bad("key is neither PEM, 64 hex digits (Ed25519) nor 130 (P-256), nor TUF root JSON")
 
 
+# --- strict JSON ---------------------------------------------------------------
+# MicroPython's json.loads takes commas and colons anywhere, unknown escapes, raw
+# control characters in strings and numbers like 012, and keeps the last of two equal
+# keys; a TUF root is served to the bootstrap as sent (bmc.inventory), so it must be
+# JSON (RFC 8259) that every parser reads the same.
+
+
+def _json_str(b, i):
+    """The end of the string token starting at b[i] ('"')."""
+    n = len(b)
+    i += 1
+    while i < n:
+        c = b[i]
+        if c == 0x22:
+            return i + 1
+        if c < 0x20:
+            raise ValueError("control character in a string")
+        if c == 0x5C:
+            d = b[i + 1] if i + 1 < n else 0
+            if d == 0x75:  # \uXXXX
+                h = b[i + 2 : i + 6]
+                if len(h) != 4 or any(x not in b"0123456789abcdefABCDEF" for x in h):
+                    raise ValueError("bad \\u escape")
+                i += 6
+                continue
+            if d not in b'"\\/bfnrt':
+                raise ValueError("bad escape")
+            i += 1
+        i += 1
+    raise ValueError("string not closed")
+
+
+def _json_digits(b, i):
+    while i < len(b) and 0x30 <= b[i] <= 0x39:
+        i += 1
+    return i
+
+
+def _json_num(b, i):
+    """The end of the number starting at b[i]: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?"""
+    n = len(b)
+    if b[i] == 0x2D:
+        i += 1
+    j = _json_digits(b, i)
+    if j == i or (b[i] == 0x30 and j > i + 1):
+        raise ValueError("bad number")
+    i = j
+    if i < n and b[i] == 0x2E:
+        j = _json_digits(b, i + 1)
+        if j == i + 1:
+            raise ValueError("bad number")
+        i = j
+    if i < n and b[i] in b"eE":
+        i += 1
+        if i < n and b[i] in b"+-":
+            i += 1
+        j = _json_digits(b, i)
+        if j == i:
+            raise ValueError("bad number")
+        i = j
+    return i
+
+
+def _json_check(b):
+    """ValueError unless the bytes b are one JSON value whose objects name each key once.
+    A loop with a stack of its own: no recursion, however deep the nesting."""
+    n = len(b)
+    opened = []  # 0x7B or 0x5B per open object or array
+    keys = []  # the keys of each open object so far
+    i = 0
+    st = 0  # 0 a value, 1 a value or "]", 2 a key or "}", 3 a key, 4 ":", 5 "," or a close
+    while True:
+        while i < n and b[i] in b" \t\r\n":
+            i += 1
+        if i == n:
+            if st != 5 or opened:
+                raise ValueError("ends early")
+            return
+        c = b[i]
+        if opened and c == opened[-1] + 2 and st in (1, 2, 5):  # "]" or "}"
+            if opened.pop() == 0x7B:
+                keys.pop()
+            st = 5
+            i += 1
+            continue
+        if st == 5:
+            if c != 0x2C or not opened:
+                raise ValueError("unexpected %r at byte %d" % (chr(c), i))
+            st = 3 if opened[-1] == 0x7B else 0
+            i += 1
+            continue
+        if st == 4:
+            if c != 0x3A:
+                raise ValueError("':' expected at byte %d" % i)
+            st = 0
+            i += 1
+            continue
+        if st >= 2:
+            if c != 0x22:
+                raise ValueError("a key expected at byte %d" % i)
+            j = _json_str(b, i)
+            k = json.loads(b[i:j])
+            if k in keys[-1]:
+                raise ValueError("key %r given twice" % k[:32])
+            keys[-1].append(k)
+            st = 4
+            i = j
+            continue
+        if c == 0x22:
+            i = _json_str(b, i)
+        elif c == 0x7B or c == 0x5B:
+            opened.append(c)
+            if c == 0x7B:
+                keys.append([])
+            st = 2 if c == 0x7B else 1
+            i += 1
+            continue
+        elif c in b"tfn":
+            for w in (b"true", b"false", b"null"):
+                if b[i : i + len(w)] == w:
+                    i += len(w)
+                    break
+            else:
+                raise ValueError("unexpected %r at byte %d" % (chr(c), i))
+        elif c == 0x2D or 0x30 <= c <= 0x39:
+            i = _json_num(b, i)
+        else:
+            raise ValueError("unexpected %r at byte %d" % (chr(c), i))
+        st = 5
+
+
 def _tuf_root(text):
     try:
+        _json_check(text.encode())
         doc = json.loads(text)
-    except Exception:
-        _bad("TUF root is not JSON")
+    except Exception as e:
+        _bad("TUF root is not JSON: %s" % e)
     signed = doc.get("signed") if isinstance(doc, dict) else None
     if not isinstance(signed, dict) or signed.get("_type") != "root":
         _bad('TUF root metadata needs "signed" with "_type": "root"')

@@ -172,6 +172,11 @@ def run(tmp):
     assert "bmc.keyparse" not in sys.modules  # dropped after use
     for bad in (k["ed_priv_pem"], k["ec_priv_pem"], k["p384_pem"], k["ec_hex"][:-4] + "0001"):
         refused("invalid", inv.set, url, [bad], 2)
+    for what in k["bad"]:  # what MicroPython's own parsers let through
+        try:
+            refused("invalid", inv.set, url, [k["bad"][what]], 2)
+        except AssertionError as e:
+            raise AssertionError("%s: %s" % (what, e))
     refused("invalid", inv.set, "http://x/", [], 2)
     refused("conflict", inv.set, url, [], 1)
     assert Inventory(st, log).generation == 1

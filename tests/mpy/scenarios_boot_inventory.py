@@ -79,6 +79,11 @@ def scenario_inventory_rejections(root):
     refused({"keys": [bad_pem]}, "invalid", "malformed")
     refused({"keys": ['{"signed": {"_type": "targets"}}']}, "invalid", "root")
     refused({"keys": [k["ed_pem"], k["ed_hex"]]}, "invalid", "duplicate")
+    for what in k["bad"]:
+        try:
+            refused({"keys": [k["bad"][what]]}, "invalid", "key 1: ")
+        except AssertionError as e:
+            raise AssertionError("%s: %s" % (what, e)) from None
     refused({"generation": 3}, "conflict", "stale")
     refused({"generation": 2}, "conflict", "stale")
     refused({"expect": 2}, "conflict", "generation 3")
