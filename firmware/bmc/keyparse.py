@@ -25,7 +25,9 @@ _OID_P256 = b"\x2a\x86\x48\xce\x3d\x03\x01\x07"  # 1.2.840.10045.3.1.7
 _P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 _B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 
-_URL_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&'()*+,;=%"
+# what a URL holds unencoded, but "'": u-root's cmdline parser takes it as a quote
+_URL_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&()*+,;=%"
+_HEX = "0123456789abcdefABCDEF"
 
 
 def _bad(msg):
@@ -52,11 +54,16 @@ def check_url(url):
         i = host.find(sep)
         if i >= 0:
             host = host[:i]
-    if not host or host.startswith("@"):
+    if "@" in host:  # inventory-get is public, and so is the SBC's /proc/cmdline
+        _bad("url must not hold a user or password: the inventory is public")
+    if not host or host.startswith(":"):
         _bad("url has no host")
     for c in url:
         if c not in _URL_OK:
             _bad("url contains a character that needs percent-encoding: %r" % c)
+    for part in url.split("%")[1:]:
+        if len(part) < 2 or part[0] not in _HEX or part[1] not in _HEX:
+            _bad("url has a '%' not followed by two hex digits")
     return url
 
 

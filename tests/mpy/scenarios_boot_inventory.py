@@ -69,6 +69,13 @@ def scenario_inventory_rejections(root):
     refused({"url": "http://inv.example/r"}, "invalid", "https")
     refused({"url": "https://inv.example/" + "a" * 300}, "invalid", "too long")
     refused({"url": "https://inv.example/a b"}, "invalid", "percent")
+    # u-root's cmdline parser takes ' as a quote: racklet.keys= would be swallowed
+    refused({"url": "https://inv.example/it's"}, "invalid", "percent")
+    # the inventory is public (inventory-get, the SBC's /proc/cmdline)
+    refused({"url": "https://deploy:s3cret@inv.example/r"}, "invalid", "password")
+    refused({"url": "https://inv.example/a%zz"}, "invalid", "two hex digits")
+    refused({"url": "https://inv.example/a%2"}, "invalid", "two hex digits")
+    refused({"url": "https://:443/r"}, "invalid", "no host")
     refused({"keys": [k["ed_priv_pem"]]}, "invalid", "private key")
     refused({"keys": [k["ec_priv_pem"]]}, "invalid", "private key")
     refused({"keys": [k["p384_pem"]]}, "invalid", "P-256")
