@@ -8,9 +8,11 @@ The keys they push are real ones, made here with `cryptography`.
 
 from __future__ import annotations
 
+import base64
 import json
 import pathlib
 import sys
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
@@ -33,7 +35,7 @@ SPKI = ser.PublicFormat.SubjectPublicKeyInfo
 PKCS8 = ser.PrivateFormat.PKCS8
 
 
-def make_keys() -> dict[str, str]:
+def make_keys() -> dict[str, Any]:
     ed = ed25519.Ed25519PrivateKey.generate()
     ecp = ec.generate_private_key(ec.SECP256R1())
     p384 = ec.generate_private_key(ec.SECP384R1())
@@ -62,7 +64,7 @@ def make_keys() -> dict[str, str]:
             },
         },
     }
-    return {
+    keys: dict[str, Any] = {
         "ed_pem": ed.public_key().public_bytes(PEM, SPKI).decode(),
         "ed_hex": ed_raw.hex(),
         "ec_pem": ecp.public_key().public_bytes(PEM, SPKI).decode(),
@@ -73,25 +75,59 @@ def make_keys() -> dict[str, str]:
         ).decode(),
         "p384_pem": p384.public_key().public_bytes(PEM, SPKI).decode(),
         "tuf_root": json.dumps(root, separators=(",", ":")),
-        "bad": bad_keys(json.dumps(root, separators=(",", ":"))),
     }
+    keys["bad"] = bad_keys(keys)
+    return keys
 
 
-def bad_keys(tuf_root: str) -> dict[str, str]:
+def pem_of(der: bytes) -> str:
+    return (
+        f"-----BEGIN PUBLIC KEY-----\n{base64.encodebytes(der).decode()}-----END PUBLIC KEY-----\n"
+    )
+
+
+def bad_keys(k: dict[str, str]) -> dict[str, str]:
     """Key texts the BMC must refuse (`invalid`), by what is wrong with them; some get
     past MicroPython's lenient parsers, so they are tried under it too (boot_units)."""
+    ed_pem, ec_pem, tuf_root = k["ed_pem"], k["ec_pem"], k["tuf_root"]
+    ed_der, ec_der = (
+        ser.load_pem_public_key(p.encode()).public_bytes(ser.Encoding.DER, SPKI)
+        for p in (ed_pem, ec_pem)
+    )
+    ed_raw, ec_raw = bytes.fromhex(k["ed_hex"]), bytes.fromhex(k["ec_hex"])
+
+    def spki(algid: bytes, raw: bytes) -> bytes:
+        alg = b"\x30" + bytes([len(algid)]) + algid
+        bits = b"\x03" + bytes([len(raw) + 1, 0]) + raw
+        return b"\x30" + bytes([len(alg) + len(bits)]) + alg + bits
+
+    oid_ed = bytes.fromhex("06032b6570")
+    oid_ec_p256 = bytes.fromhex("06072a8648ce3d020106082a8648ce3d030107")
+    assert spki(oid_ed, ed_raw) == ed_der and spki(oid_ec_p256, ec_raw) == ec_der
+    body = ed_pem.split("\n")[1]
+    out = {
+        # PEM: one block, of base64 and nothing else
+        "pem, two blocks": ed_pem + ec_pem,
+        "pem, a private key after the public": ed_pem + k["ed_priv_pem"],
+        "pem, text after END": ed_pem + "and more",
+        "pem, not base64 in the body": ed_pem.replace(body, body[:8] + "!?" + body[8:]),
+        "pem, = in the body": ed_pem.replace(body, body[:8] + "=" + body[8:]),
+    }
     signed = '"signed":{'
     assert signed in tuf_root
     extra = '"signed":{"x":%s,'
-    return {
-        # MicroPython's json.loads takes these; the root is served as it is
-        "tuf root, trailing comma": tuf_root[:-1] + ",}",
-        "tuf root, no colon": tuf_root.replace(signed, extra % '"a" 1', 1),
-        "tuf root, unknown escape": tuf_root.replace(signed, extra % '"\\q"', 1),
-        "tuf root, raw newline in a string": tuf_root.replace(signed, extra % '"a\nb"', 1),
-        "tuf root, number 012": tuf_root.replace(signed, extra % "012", 1),
-        "tuf root, a key twice": tuf_root.replace(signed, '"signed":{"_type":"targets",', 1),
-    }
+    out.update(
+        {
+            # MicroPython's json.loads takes these; the root is served as it is
+            "tuf root, trailing comma": tuf_root[:-1] + ",}",
+            "tuf root, no colon": tuf_root.replace(signed, extra % '"a" 1', 1),
+            "tuf root, unknown escape": tuf_root.replace(signed, extra % '"\\q"', 1),
+            "tuf root, raw newline in a string": tuf_root.replace(signed, extra % '"a\nb"', 1),
+            "tuf root, number 012": tuf_root.replace(signed, extra % "012", 1),
+            "tuf root, a key twice": tuf_root.replace(signed, '"signed":{"_type":"targets",', 1),
+        }
+    )
+    return out
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@
     inv.get()                       # {"url", "generation", "keys": [{"type", "fp"}]}
     inv.set(url, keys, generation, expect=None)   # CmdError on any problem, nothing stored
 
-Keys arrive as text: a PEM "PUBLIC KEY" (SubjectPublicKeyInfo) holding an
-Ed25519 or ECDSA P-256 key, the raw public key in hex (64 hex digits:
+Keys arrive as text: a PEM "PUBLIC KEY" (SubjectPublicKeyInfo, in DER) holding
+an Ed25519 or ECDSA P-256 key (one block and nothing else: no headers, no text
+after it, a body of base64 alone), the raw public key in hex (64 hex digits:
 Ed25519; 130 starting with 04: uncompressed P-256), or TUF root metadata
 (JSON whose "signed" holds "_type": "root" and "keys"; strict JSON, each key
 once in an object, since it is served as sent). Each is parsed on the

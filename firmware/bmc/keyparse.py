@@ -28,6 +28,7 @@ _B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 # what a URL holds unencoded, but "'": u-root's cmdline parser takes it as a quote
 _URL_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&()*+,;=%"
 _HEX = "0123456789abcdefABCDEF"
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
 def _bad(msg):
@@ -142,25 +143,31 @@ def _check_raw(kind, raw):
 
 
 def _pem(text):
-    """The DER inside a PEM block; private-key PEMs are refused."""
+    """The DER inside a PEM block (the whole text, stripped: one block, no headers, its
+    body base64 alone); private-key PEMs are refused."""
     head = "-----BEGIN "
-    i = text.find(head)
-    j = text.find("-----", i + len(head))
-    if i < 0 or j < 0:
+    j = text.find("-----", len(head))
+    if not text.startswith(head) or j < 0:
         _bad("malformed PEM")
-    label = text[i + len(head) : j]
-    if "PRIVATE" in label:
+    label = text[len(head) : j]
+    if "PRIVATE" in label or "PRIVATE KEY-----" in text:
         _bad("this is a private key (%s): push the public key only" % label)
     if label != "PUBLIC KEY":
         _bad("unsupported PEM block %r: need PUBLIC KEY" % label)
-    end = text.find("-----END " + label + "-----", j)
+    tail = "-----END " + label + "-----"
+    end = text.find(tail, j)
     if end < 0:
         _bad("PEM block has no END line")
+    if end + len(tail) != len(text):
+        _bad("text after the PEM block's END line: one key a text")
     body = "".join(text[j + 5 : end].split())
-    try:
-        return binascii.a2b_base64(body)
-    except Exception:
+    core = body.rstrip("=")
+    if not core or len(body) % 4 or len(body) - len(core) > 2:
         _bad("PEM body is not base64")
+    for c in core:
+        if c not in _B64:
+            _bad("PEM body is not base64 (headers or %r in it)" % c)
+    return binascii.a2b_base64(body)
 
 
 def _unhex(s, what):
