@@ -112,6 +112,11 @@ def bad_keys(k: dict[str, str]) -> dict[str, str]:
         "pem, text after END": ed_pem + "and more",
         "pem, not base64 in the body": ed_pem.replace(body, body[:8] + "!?" + body[8:]),
         "pem, = in the body": ed_pem.replace(body, body[:8] + "=" + body[8:]),
+        # DER: SubjectPublicKeyInfo, distinguished encoding
+        "der, long form of a short length": pem_of(b"\x30\x81" + ed_der[1:]),
+        "der, Ed25519 with NULL parameters": pem_of(spki(oid_ed + b"\x05\x00", ed_raw)),
+        "der, Ed25519 with a curve": pem_of(spki(oid_ed + oid_ec_p256[9:], ed_raw)),
+        "der, bytes after the curve": pem_of(spki(oid_ec_p256 + b"\x05\x00", ec_raw)),
     }
     signed = '"signed":{'
     assert signed in tuf_root

@@ -4,7 +4,8 @@
     inv.get()                       # {"url", "generation", "keys": [{"type", "fp"}]}
     inv.set(url, keys, generation, expect=None)   # CmdError on any problem, nothing stored
 
-Keys arrive as text: a PEM "PUBLIC KEY" (SubjectPublicKeyInfo, in DER) holding
+Keys arrive as text: a PEM "PUBLIC KEY" (SubjectPublicKeyInfo in DER: shortest
+lengths, Ed25519 without algorithm parameters, P-256 with its curve alone) holding
 an Ed25519 or ECDSA P-256 key (one block and nothing else: no headers, no text
 after it, a body of base64 alone), the raw public key in hex (64 hex digits:
 Ed25519; 130 starting with 04: uncompressed P-256), or TUF root metadata

@@ -86,6 +86,8 @@ def _tlv(buf, i, end):
         for _ in range(k):
             n = (n << 8) | buf[i]
             i += 1
+        if n < (0x80 if k == 1 else 0x100):  # DER: the shortest form
+            raise ValueError("bad length")
     if i + n > end:
         raise ValueError("truncated")
     return tag, i, i + n
@@ -107,10 +109,11 @@ def _spki(der):
             raise ValueError("no algorithm OID")
         oid = bytes(der[o:oe])
         params = None
-        if oe < ae:
+        if oe < ae:  # the curve's OID, and nothing else
             tag, p, pe = _tlv(der, oe, ae)
-            if tag == 0x06:
-                params = bytes(der[p:pe])
+            if tag != 0x06 or pe != ae:
+                raise ValueError("bad algorithm parameters")
+            params = bytes(der[p:pe])
         tag, b, be = _tlv(der, ae, e)
         if tag != 0x03 or be != e or be - b < 2 or der[b] != 0:
             raise ValueError("no public key BIT STRING")
@@ -118,6 +121,8 @@ def _spki(der):
     except ValueError as ex:
         _bad("malformed public key DER: %s" % ex)
     if oid == _OID_ED25519:
+        if params is not None:  # RFC 8410: absent
+            _bad("malformed public key DER: Ed25519 takes no algorithm parameters")
         return ED25519, _check_raw(ED25519, raw)
     if oid == _OID_EC_PUBLIC:
         if params != _OID_P256:
