@@ -116,6 +116,9 @@ def bad_keys(k: dict[str, str]) -> dict[str, str]:
         "der, long form of a short length": pem_of(b"\x30\x81" + ed_der[1:]),
         "der, Ed25519 with NULL parameters": pem_of(spki(oid_ed + b"\x05\x00", ed_raw)),
         "der, Ed25519 with a curve": pem_of(spki(oid_ed + oid_ec_p256[9:], ed_raw)),
+        # Ed25519: 32 bytes, but not a point of the curve
+        "hex, Ed25519 y not a point": "02" + "00" * 31,
+        "hex, Ed25519 y >= q": "ff" * 31 + "7f",
         "der, bytes after the curve": pem_of(spki(oid_ec_p256 + b"\x05\x00", ec_raw)),
     }
     signed = '"signed":{'

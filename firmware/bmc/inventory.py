@@ -12,7 +12,8 @@ Ed25519; 130 starting with 04: uncompressed P-256), or TUF root metadata
 (JSON whose "signed" holds "_type": "root" and "keys"; strict JSON, each key
 once in an object, since it is served as sent). Each is parsed on the
 BMC: a private key, another curve or algorithm, a malformed encoding or a
-P-256 point not on the curve is refused. The fingerprint of a key is the
+point not on the curve (P-256, or an Ed25519 key that decodes to none) is
+refused. The fingerprint of a key is the
 SHA-256 of its raw public key bytes (32 bytes Ed25519, 65 bytes P-256), of a
 TUF root the SHA-256 of the metadata text, in hex.
 

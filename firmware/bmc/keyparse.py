@@ -24,6 +24,9 @@ _OID_P256 = b"\x2a\x86\x48\xce\x3d\x03\x01\x07"  # 1.2.840.10045.3.1.7
 # NIST P-256: y^2 = x^3 - 3x + b (mod p)
 _P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 _B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+# Ed25519: -x^2 + y^2 = 1 + d x^2 y^2 (mod q)
+_Q = (1 << 255) - 19
+_D = 37095705934669439343138083508754565189542113879843219016388785533085940283555
 
 # what a URL holds unencoded, but "'": u-root's cmdline parser takes it as a quote
 _URL_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&()*+,;=%"
@@ -135,6 +138,17 @@ def _check_raw(kind, raw):
     if kind == ED25519:
         if len(raw) != 32:
             _bad("Ed25519 public key must be 32 bytes, got %d" % len(raw))
+        # RFC 8032 5.1.3: y < q, and x^2 = u / v has a root (u = y^2 - 1, v = d y^2 + 1,
+        # never 0): u v is a square (one exponentiation), or u is 0 and x's sign bit clear
+        y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+        yy = y * y % _Q
+        u = (yy - 1) % _Q
+        if (
+            y >= _Q
+            or (u == 0 and raw[31] >> 7)
+            or (u and pow(u * (_D * yy + 1) % _Q, _Q >> 1, _Q) != 1)
+        ):
+            _bad("Ed25519 public key is not a point on the curve")
         return raw
     if len(raw) == 33 and raw[0] in (2, 3):
         _bad("compressed P-256 points are not supported: send the uncompressed form")
