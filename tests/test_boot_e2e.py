@@ -673,3 +673,17 @@ def test_the_bmc_is_free_between_the_relays_requests(
         if relay.poll() is None:
             relay.kill()
             relay.wait()
+
+
+def test_key_file_read_is_bounded(tmp_path: Path) -> None:
+    """A key file is read up to KEY_FILE_MAX: a huge one (or /dev/zero) is a usage
+    error naming it, not read whole into memory and sent as an oversized request."""
+    from racklet_host.cli import UsageError
+    from racklet_host.cli_boot import KEY_FILE_MAX, read_key_files
+
+    big = tmp_path / "big.pem"
+    big.write_text("a" * (KEY_FILE_MAX + 1))
+    with pytest.raises(UsageError, match="big.pem is too large"):
+        read_key_files([str(big)])
+    with pytest.raises(UsageError, match="/dev/zero is too large"):
+        read_key_files(["/dev/zero"])

@@ -32,6 +32,9 @@ BUNDLE_CHIPS = ("2710", "2711", "2712")
 # bridge, for one scrape of at most its timeout) has it
 RELAY_BUSY_WAIT = 15.0
 
+# a key file is read up to this: a TUF root, compacted, must fit one request (2048 bytes)
+KEY_FILE_MAX = 64 * 1024
+
 
 def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) -> None:
     sp = sub.add_parser("inventory", help="inventory URL and trust keys the SBC boots with")
@@ -105,7 +108,7 @@ def read_key_files(paths: List[str]) -> List[str]:
     for p in paths:
         try:
             with open(p, encoding="utf-8") as f:
-                text = f.read().strip()
+                text = f.read(KEY_FILE_MAX + 1)
         except UnicodeDecodeError:
             raise UsageError(
                 f"key file {p} is not text (PEM, hex or TUF root JSON); a DER key becomes "
@@ -113,6 +116,9 @@ def read_key_files(paths: List[str]) -> List[str]:
             ) from None
         except OSError as e:
             raise UsageError(f"cannot read key file {p}: {e.strerror}") from None
+        if len(text) > KEY_FILE_MAX:
+            raise UsageError(f"key file {p} is too large (over {KEY_FILE_MAX} characters)")
+        text = text.strip()
         if text.startswith("{"):
             try:  # TUF root metadata: compact, so it fits one request
                 text = json.dumps(json.loads(text), separators=(",", ":"))
