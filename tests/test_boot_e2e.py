@@ -687,3 +687,18 @@ def test_key_file_read_is_bounded(tmp_path: Path) -> None:
         read_key_files([str(big)])
     with pytest.raises(UsageError, match="/dev/zero is too large"):
         read_key_files(["/dev/zero"])
+
+
+def test_tuf_root_with_a_key_twice_is_refused_not_compacted_away(tmp_path: Path) -> None:
+    """bmcctl compacts a TUF root before sending it; a key given twice (which the BMC
+    refuses) must be refused here too, not resolved to the last one in passing."""
+    from racklet_host.cli import UsageError
+    from racklet_host.cli_boot import read_key_files
+
+    root = tmp_path / "root.json"
+    root.write_text('{"signed": {"_type": "targets", "_type": "root"}, "signatures": []}')
+    with pytest.raises(UsageError, match="root.json is not valid JSON: key '_type' given twice"):
+        read_key_files([str(root)])
+    root.write_text('{"signed": {"_type": "root", "version": 1},\n "signatures": []}\n')
+    want = '{"signed":{"_type":"root","version":1},"signatures":[]}'
+    assert read_key_files([str(root)]) == [want]

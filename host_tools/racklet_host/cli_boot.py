@@ -101,6 +101,17 @@ def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) ->
 # -- helpers --------------------------------------------------------------------------
 
 
+def _once(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """An object whose keys are all different: the BMC refuses a key given twice, and
+    compacting here must not quietly keep the last one instead."""
+    out: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} given twice in an object")
+        out[k] = v
+    return out
+
+
 def read_key_files(paths: List[str]) -> List[str]:
     from .cli import UsageError
 
@@ -121,9 +132,9 @@ def read_key_files(paths: List[str]) -> List[str]:
         text = text.strip()
         if text.startswith("{"):
             try:  # TUF root metadata: compact, so it fits one request
-                text = json.dumps(json.loads(text), separators=(",", ":"))
-            except ValueError:
-                raise UsageError(f"{p} is not valid JSON") from None
+                text = json.dumps(json.loads(text, object_pairs_hook=_once), separators=(",", ":"))
+            except ValueError as e:
+                raise UsageError(f"{p} is not valid JSON: {e}") from None
         out.append(text)
     return out
 
