@@ -720,26 +720,49 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _closed_streams_to_devnull() -> None:
+    """A stdout or stderr the shell closed (`bmcctl ... >&-`) is None in Python: what
+    would go there goes nowhere, and the exit code still tells how the command went."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")
+
+
+def _drop_stdout() -> None:
+    """The reader of stdout went away (`| head -1`): what is still buffered goes nowhere,
+    so that the interpreter's own flush at exit raises nothing either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a file descriptor (tests capture it)
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _closed_streams_to_devnull()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage line
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    code = EXIT_OK
     try:
         code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader gone shows here when the output fit the buffer
     except KeyboardInterrupt:
         sys.stderr.write("bmcctl: interrupted\n")
         return 130
     except BmcError as e:
         sys.stderr.write(f"bmcctl: {_safe(e.message, lines=True)}\n")
         return e.exit_code
-    except BrokenPipeError:
-        return EXIT_OK
+    except BrokenPipeError:  # the rest of the output is not wanted; the command's code
+        _drop_stdout()
+        return code
     except Exception as e:  # never a traceback
         sys.stderr.write(f"bmcctl: internal error: {e!r}\n")
         return EXIT_FAILED
-    sys.stdout.flush()
     return code
 
 
