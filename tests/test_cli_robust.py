@@ -3,14 +3,17 @@ terminal, bad option values, Ctrl-C in the middle of a command on several BMCs."
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
-from racklet_host import errors
+from racklet_host import cli, errors
+from racklet_host.discovery import BmcPort
+from racklet_host.keys import write_new_key
 from racklet_sim.rack import Rack
 
 BMCCTL = str(Path(sys.executable).parent / "bmcctl")
@@ -70,3 +73,39 @@ def test_a_closed_stdout_gives_no_traceback(rack: Rack, argv: Tuple[str, ...]) -
 def test_a_closed_stderr_keeps_the_exit_code(rack: Rack) -> None:
     p = run(rack, "status", "slot42", shell="2>&-", capture_output=True)
     assert p.returncode == errors.EXIT_NO_BMC
+
+
+# -- confirmation -------------------------------------------------------------------------
+
+
+def two_bmcs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Two BMCs found (never opened: run_all must not be reached); an admin key file."""
+    ports = [BmcPort(f"slot{i}", str(tmp_path / f"slot{i}"), source="rack") for i in (1, 2)]
+    monkeypatch.setattr(cli.discovery, "discover", lambda rack=None, port=None: ports)
+
+    def run_all(*a: Any, **kw: Any) -> List[Dict[str, Any]]:
+        raise AssertionError("went ahead without asking")
+
+    monkeypatch.setattr(cli, "run_all", run_all)
+    kf = tmp_path / "admin.key"
+    write_new_key(str(kf))
+    return kf
+
+
+@pytest.mark.parametrize("stdin", ["piped", "closed"])
+@pytest.mark.parametrize(
+    "argv", [("power", "ForceOff"), ("reset",), ("maintenance",), ("power", "PowerCycle")]
+)
+def test_a_disruptive_action_on_several_bmcs_without_a_terminal_needs_yes(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    stdin: str,
+    argv: Tuple[str, ...],
+) -> None:
+    kf = two_bmcs(monkeypatch, tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n") if stdin == "piped" else None)
+    code = cli.main(["--key-file", str(kf), *argv, "--all"])
+    err = capsys.readouterr().err
+    assert code == errors.EXIT_USAGE, err
+    assert err.count("\n") == 1 and "--yes" in err and "slot1, slot2" in err, err

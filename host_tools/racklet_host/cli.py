@@ -78,7 +78,11 @@ def _add_global_options(p: argparse.ArgumentParser, top: bool) -> None:
     )
     p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
     p.add_argument(
-        "--yes", "-y", action="store_true", default=d(False), help="do not ask for confirmation"
+        "--yes",
+        "-y",
+        action="store_true",
+        default=d(False),
+        help="do not ask for confirmation (needed without a terminal)",
     )
     p.add_argument(
         "--key-file", metavar="F", default=d(None), help=f"key file (default: ${ENV_KEY_FILE})"
@@ -383,9 +387,16 @@ def need_key(args: argparse.Namespace) -> Key:
 
 
 def confirm(args: argparse.Namespace, what: str, ports: Sequence[BmcPort]) -> None:
-    if args.yes or len(ports) < 2 or not sys.stdin.isatty():
+    """Ask on the terminal before `what` on several BMCs; with no terminal to ask on
+    (a script, a closed stdin), only --yes goes ahead."""
+    if args.yes or len(ports) < 2:
         return
     names = ", ".join(p.name for p in ports)
+    if sys.stdin is None or not sys.stdin.isatty():
+        raise UsageError(
+            f"{what} on {len(ports)} BMCs ({names}): stdin is not a terminal to ask on;"
+            " add --yes to go ahead"
+        )
     sys.stderr.write(f"{what} on {len(ports)} BMCs ({names})? [y/N] ")
     sys.stderr.flush()
     answer = sys.stdin.readline().strip().lower()
