@@ -109,3 +109,16 @@ def test_a_disruptive_action_on_several_bmcs_without_a_terminal_needs_yes(
     err = capsys.readouterr().err
     assert code == errors.EXIT_USAGE, err
     assert err.count("\n") == 1 and "--yes" in err and "slot1, slot2" in err, err
+
+
+# -- option values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["serve", "usb"])
+@pytest.mark.parametrize("wait", ["nan", "inf", "-1", "0", "soon"])
+def test_boot_wait_must_be_a_positive_number_of_seconds(
+    capsys: pytest.CaptureFixture[str], action: str, wait: str
+) -> None:
+    # nan and inf waited for ever for an SBC that never came; -1 "appeared in -1 s"
+    assert cli.main(["boot", action, "--wait", wait, "slot1"]) == errors.EXIT_USAGE
+    assert "--wait" in capsys.readouterr().err

@@ -37,6 +37,8 @@ KEY_FILE_MAX = 64 * 1024
 
 
 def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) -> None:
+    from .cli import _seconds  # a positive, finite number: nan or inf waited for ever
+
     sp = sub.add_parser("inventory", help="inventory URL and trust keys the SBC boots with")
     isub = sp.add_subparsers(dest="action", metavar="ACTION")
     isub.required = True
@@ -94,7 +96,7 @@ def add_parsers(sub: Any, targets: Callable[[argparse.ArgumentParser], None]) ->
         b.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="host cache")
         b.add_argument("--usb-port", metavar="BUS-PORTS", help="the SBC's USB location (1-1.3)")
         b.add_argument("--usb-sim", metavar="SOCKET", help="a simulated SBC's USB socket")
-        b.add_argument("--wait", type=float, default=60.0, metavar="S", help="for the SBC")
+        b.add_argument("--wait", type=_seconds, default=60.0, metavar="S", help="for the SBC")
         b.add_argument("--boot-timeout", type=int, default=120, metavar="S", help="on the BMC")
 
 
