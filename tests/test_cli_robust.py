@@ -7,13 +7,15 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from racklet_host import cli, errors
+from racklet_host.client import BmcClient
 from racklet_host.discovery import BmcPort
-from racklet_host.keys import write_new_key
+from racklet_host.keys import Key, load_key, write_new_key
 from racklet_sim.rack import Rack
 
 BMCCTL = str(Path(sys.executable).parent / "bmcctl")
@@ -122,3 +124,82 @@ def test_boot_wait_must_be_a_positive_number_of_seconds(
     # nan and inf waited for ever for an SBC that never came; -1 "appeared in -1 s"
     assert cli.main(["boot", action, "--wait", wait, "slot1"]) == errors.EXIT_USAGE
     assert "--wait" in capsys.readouterr().err
+
+
+# -- Ctrl-C -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def admin(rack: Rack, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both slots provisioned with one admin key."""
+    kf = tmp_path_factory.mktemp("keys") / "admin.key"
+    key = write_new_key(str(kf))
+    for slot in (1, 2):
+        rack.bootsel(slot, seconds=3)
+        with BmcClient.open(rack.port(slot)) as c:
+            deadline = time.monotonic() + 3
+            while True:
+                try:
+                    c.keys_provision("admin", key)
+                    break
+                except errors.PresenceRequired:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+    return kf
+
+
+def installed(rack: Rack, key: Key) -> List[List[str]]:
+    out = []
+    for slot in (1, 2):
+        with BmcClient.open(rack.port(slot), key=key) as c:
+            out.append([k["id"] for k in c.keys_list()])
+    return out
+
+
+def ctrl_c_on_slot2(monkeypatch: pytest.MonkeyPatch, method: str, key_id: str = "") -> None:
+    """Ctrl-C as `method` runs for slot 2 (after slot 1's went through)."""
+    real = getattr(BmcClient, method)
+
+    def cut(self: BmcClient, *a: Any, **kw: Any) -> Any:
+        if self.name == "slot2" and (not key_id or a[0] == key_id):
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(BmcClient, method, cut)
+
+
+def test_rotation_interrupted_while_adding_leaves_no_key_nobody_holds(
+    rack: Rack, admin: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = load_key(str(admin))
+    before = installed(rack, old)
+    ctrl_c_on_slot2(monkeypatch, "keys_add")
+    new_file = admin.parent / "never-written.key"
+    code = cli.main(
+        ["--rack", str(rack.path), "--key-file", str(admin), "keys", "rotate", "--all"]
+        + ["--new-key-file", str(new_file)]
+    )
+    err = capsys.readouterr().err
+    assert code == 130 and not new_file.exists()
+    monkeypatch.undo()
+    assert installed(rack, old) == before, err  # slot 1's new key was taken back
+    assert "none of them" in err and old.key_id in err, err
+
+
+def test_rotation_interrupted_while_revoking_says_where_the_keys_are(
+    rack: Rack, admin: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = load_key(str(admin))
+    ctrl_c_on_slot2(monkeypatch, "keys_revoke", old.key_id)
+    new_file = admin.parent / "new.key"
+    code = cli.main(
+        ["--rack", str(rack.path), "--key-file", str(admin), "keys", "rotate", "--all"]
+        + ["--new-key-file", str(new_file)]
+    )
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    new = load_key(str(new_file))
+    assert code == 130
+    assert [new.key_id in ids for ids in installed(rack, new)] == [True, True]
+    assert str(new_file) in err and old.key_id in err and "keys revoke" in err, err

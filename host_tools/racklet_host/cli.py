@@ -23,6 +23,7 @@ from .errors import (
     KeyFileError,
     LinkGone,
     NoBmcFound,
+    NotFound,
     PortBusy,
     PresenceRequired,
     Timeout,
@@ -661,7 +662,11 @@ def keys_rotate(args: argparse.Namespace) -> int:
         c.keys_add(str(role), new)
         return {"role": role}
 
-    rows = run_all(ports, add, old, args.timeout)
+    try:
+        rows = run_all(ports, add, old, args.timeout)
+    except KeyboardInterrupt:
+        _take_back_interrupted(ports, old, new, args.timeout)
+        raise
     if not all(r.get("ok") for r in rows):
         # undo where it worked; the old key stays in force everywhere
         done = [p for p, r in zip(ports, rows) if r.get("ok")]
@@ -681,13 +686,46 @@ def keys_rotate(args: argparse.Namespace) -> int:
         run_all(ports, lambda c: c.keys_revoke(new.key_id), old, args.timeout)
         raise
     # 3. revoke the old key with the new one
-    rows = run_all(ports, lambda c: c.keys_revoke(old.key_id), new, args.timeout)
+    try:
+        rows = run_all(ports, lambda c: c.keys_revoke(old.key_id), new, args.timeout)
+    except KeyboardInterrupt:
+        names = " ".join(p.name for p in ports)
+        sys.stderr.write(
+            f"bmcctl: interrupted while revoking the old key {old.key_id}: the new key"
+            f" {new.key_id} is in {target} and works on {names}; the old key may still"
+            f" work on some of them: bmcctl keys revoke {old.key_id} {names}\n"
+        )
+        raise
     for r in rows:
         if r.get("ok"):
             r["data"] = {"old": old.key_id, "new": new.key_id, "key_file": target}
         else:
             r["message"] += f" (the new key {new.key_id} is in {target}; old key still valid)"
     return emit(args, rows)
+
+
+def _take_back_interrupted(ports: Sequence[BmcPort], old: Key, new: Key, timeout: float) -> None:
+    """`keys rotate` interrupted while adding the new key, which is stored nowhere yet:
+    revoke it wherever it may have been added, and say where it may be left."""
+    sys.stderr.write(
+        f"bmcctl: interrupted while adding the new key {new.key_id}, which is saved nowhere;"
+        " revoking it again (Ctrl-C again leaves it)\n"
+    )
+    rows = run_all(ports, lambda c: c.keys_revoke(new.key_id), old, timeout)
+    left = [r for r in rows if not r.get("ok") and r.get("error") != NotFound.code]
+    for r in left:
+        sys.stderr.write(
+            _safe(
+                f"bmcctl: {r['target']}: the new key {new.key_id} may still be installed"
+                f" ({r['error']}: {r['message']}): bmcctl keys revoke {new.key_id}"
+                f" {r['target']}"
+            )
+            + "\n"
+        )
+    if not left:
+        sys.stderr.write(
+            f"bmcctl: the new key is on none of them; the old key {old.key_id} works\n"
+        )
 
 
 def cmd_bmc_reboot(args: argparse.Namespace) -> int:
