@@ -31,6 +31,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from bmc import codec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from racklet_host import cli
 from racklet_host.client import BmcClient
 from racklet_host.keys import write_new_key
@@ -216,8 +218,8 @@ class Mutator:
             parent[last] = self.value()
         elif op == 1:
             del parent[last]
-        elif isinstance(parent, dict):
-            parent["zz" + str(r.randrange(9))] = self.value()
+        elif isinstance(parent, dict):  # a new field, its name too may be hostile
+            parent[r.choice(["zz", "\x1b]0;zz\x07"]) + str(r.randrange(9))] = self.value()
         else:
             parent.insert(r.randrange(len(parent) + 1), self.value())
         return msg
@@ -304,7 +306,9 @@ def played(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[PlayedBmc
         "files": work,
     }
     files["rack"].mkdir()
-    files["pubkey"].write_text("ab" * 32 + "\n")  # an Ed25519 public key in hex
+    pub = ed25519.Ed25519PrivateKey.generate().public_key()
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    files["pubkey"].write_text(raw.hex() + "\n")  # an Ed25519 public key in hex
     with Rack(boards=1, board="pico-cm4") as rack:
         key = write_new_key(str(files["admin"]))
         rack.bootsel(1, seconds=1.5)

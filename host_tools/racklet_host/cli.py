@@ -349,7 +349,7 @@ def print_table(rows: Sequence[Row], columns: Callable[[Any], Dict[str, str]], o
         else:
             c = {"error": f"{r['error']}: {r['message']}"}
         c["target"] = r["target"]
-        c = {k: _safe(v) for k, v in c.items()}
+        c = {_safe(k): _safe(v) for k, v in c.items()}  # names too: a BMC's fields
         for k in c:
             if k not in header:
                 header.append(k)

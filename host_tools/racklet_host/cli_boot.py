@@ -477,8 +477,8 @@ def serve(args: argparse.Namespace, start: bool) -> int:
             sys.stderr.write(f"bmcctl: {e}\n")
             return 1
 
-    def log(line: str) -> None:
-        sys.stderr.write(f"{ports[0].name}: {line}\n")
+    def log(line: str) -> None:  # BMC messages and SBC file names in it: escaped
+        sys.stderr.write(cli._safe(f"{ports[0].name}: {line}") + "\n")
         sys.stderr.flush()
 
     with open_client(ports[0], key=key, timeout=args.timeout) as c:
@@ -494,16 +494,16 @@ def serve(args: argparse.Namespace, start: bool) -> int:
         try:
             summary = relay.run()
         except BootFailed as e:
-            sys.stderr.write(f"bmcctl: USB boot of {ports[0].name} failed: {e}\n")
+            sys.stderr.write(cli._safe(f"bmcctl: USB boot of {ports[0].name} failed: {e}") + "\n")
             return 1
         except BmcError as e:
-            sys.stderr.write(f"bmcctl: {e.message}\n")
+            sys.stderr.write(cli._safe(f"bmcctl: {e.message}") + "\n")
             return e.exit_code
     if args.json:
         json.dump(summary, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        print(f"{ports[0].name}: booted, served {', '.join(summary['served'])}")
+        print(cli._safe(f"{ports[0].name}: booted, served {', '.join(summary['served'])}"))
     return 0
 
 
