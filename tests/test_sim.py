@@ -343,6 +343,40 @@ def test_a_second_bmc_sim_on_the_same_rack_is_refused(tmp_path: pathlib.Path) ->
         assert out.returncode == 1 and "another bmc-sim" in out.stderr, out.stderr
         assert os.path.exists(rack.port(1))  # the running rack is untouched
         assert status(rack)["state"] == "Off"
+        assert rack.status()["slots"][0]["running"]  # and still takes control requests
+
+
+def test_two_bmc_sims_started_together_on_one_rack_one_is_refused(
+    tmp_path: pathlib.Path,
+) -> None:
+    rack_dir = tmp_path / "rack"
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "bmc-sim"), "--rack", str(rack_dir), "--boards", "1"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        refused = None
+        deadline = time.monotonic() + 60
+        while refused is None and time.monotonic() < deadline:
+            refused = next((p for p in procs if p.poll() is not None), None)
+            time.sleep(0.05)
+        assert refused is not None, "neither bmc-sim was refused"
+        assert refused.stderr is not None
+        err = refused.stderr.read()
+        assert refused.returncode == 1 and "another bmc-sim" in err, err
+        assert "Traceback" not in err, err
+        (running,) = [p for p in procs if p is not refused]
+        Rack(rack_dir=rack_dir).wait_ready(1, 60)  # the other one runs the rack
+        assert running.poll() is None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(30)
 
 
 def test_console_follow_goes_on_through_a_bmc_restart(tmp_path: pathlib.Path) -> None:

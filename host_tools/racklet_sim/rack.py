@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -56,6 +57,7 @@ CRASH_RESTART_DELAY_S = 1.0
 SUBCOMMANDS = ("bootsel", "fault", "kill", "start", "sbc", "status")
 DEFAULT_BOARD = "pico-rpi4"
 SUN_PATH_MAX = 107
+LOCK_NAME = ".bmc-sim.lock"  # flock()ed while a bmc-sim runs the rack
 
 
 class SimError(Exception):
@@ -310,6 +312,7 @@ class Simulator:
         self.servers: List[asyncio.AbstractServer] = []
         self.stopping = False
         self._stop = asyncio.Event()
+        self._lock: Optional[int] = None  # the rack's lock file, held while running
 
     @staticmethod
     def log(msg: str) -> None:
@@ -351,12 +354,7 @@ class Simulator:
             probe.unlink()
         except OSError as e:
             raise SimError(f"cannot use {self.dir} as the rack directory: {e.strerror}") from None
-        try:
-            control(self.dir, {"cmd": "status"}, timeout=2)
-        except SimError:
-            pass  # nobody serves this rack: ours
-        else:
-            raise SimError(f"another bmc-sim is running rack {self.dir}")
+        self._take_rack()
         longest = str(self.wires_path(len(self.board_files)).resolve())
         if len(longest.encode()) > SUN_PATH_MAX:
             raise SimError(f"rack directory path too long for Unix sockets: {self.dir}")
@@ -378,6 +376,16 @@ class Simulator:
         for i, bf in enumerate(self.board_files, start=1):
             self.bmcs[i] = Bmc(self, i, bf)
             await self.bmcs[i].start()
+
+    def _take_rack(self) -> None:
+        """Lock the rack for this process: a second bmc-sim on it is refused."""
+        fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SimError(f"another bmc-sim is running rack {self.dir}") from None
+        self._lock = fd
 
     async def _serve(self, path: pathlib.Path, handler: Any) -> asyncio.AbstractServer:
         with contextlib.suppress(FileNotFoundError):
@@ -491,8 +499,12 @@ class Simulator:
                 self.wires_path(slot).unlink()
             with contextlib.suppress(OSError):
                 (self.dir / f"slot{slot}").unlink()
-        with contextlib.suppress(OSError):  # also when the rack directory never was
+        if self._lock is None:  # the rack was never ours: its files are another's
+            return
+        with contextlib.suppress(OSError):
             self.control_path().unlink()
+        os.close(self._lock)
+        self._lock = None
 
 
 # -- talking to a running bmc-sim --------------------------------------------------
