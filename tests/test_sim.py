@@ -379,6 +379,28 @@ def test_two_bmc_sims_started_together_on_one_rack_one_is_refused(
                 p.wait(30)
 
 
+def test_links_left_by_a_killed_bmc_sim_are_cleared_at_the_next_start(
+    tmp_path: pathlib.Path,
+) -> None:
+    rack_dir = tmp_path / "rack"
+    proc = subprocess.Popen(
+        [str(BIN / "bmc-sim"), "--rack", str(rack_dir), "--boards", "2"],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for slot in (1, 2):
+            Rack(rack_dir=rack_dir).wait_ready(slot, 60)
+        proc.kill()  # SIGKILL: no clean-up; its BMCs exit when their wires close
+    finally:
+        proc.kill()
+        proc.wait()
+    assert os.path.islink(rack_dir / "slot2") and (rack_dir / ".slot2.wires").exists()
+    with Rack(boards=1, rack_dir=rack_dir) as rack:
+        assert os.path.exists(rack.port(1))
+        left = sorted(p.name for p in rack_dir.iterdir() if "slot2" in p.name)
+        assert left == ["slot2.img", "slot2.log"], left  # no link to a PTY nobody serves
+
+
 def test_console_follow_goes_on_through_a_bmc_restart(tmp_path: pathlib.Path) -> None:
     """`bmcctl console --follow` keeps following when the BMC restarts (a watchdog, a
     firmware update): it says so, shows the new console from its start, and never

@@ -34,9 +34,11 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -58,6 +60,8 @@ SUBCOMMANDS = ("bootsel", "fault", "kill", "start", "sbc", "status")
 DEFAULT_BOARD = "pico-rpi4"
 SUN_PATH_MAX = 107
 LOCK_NAME = ".bmc-sim.lock"  # flock()ed while a bmc-sim runs the rack
+# what a bmc-sim leaves in the rack when it is SIGKILLed: the slots' links and sockets
+_STALE = re.compile(r"(slot[0-9]+|\.slot[0-9]+\.link|\.slot[0-9]+\.wires|control\.sock)")
 
 
 class SimError(Exception):
@@ -378,7 +382,7 @@ class Simulator:
             await self.bmcs[i].start()
 
     def _take_rack(self) -> None:
-        """Lock the rack for this process: a second bmc-sim on it is refused."""
+        """Lock the rack for this process, then clear what a killed bmc-sim left behind."""
         fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -386,6 +390,11 @@ class Simulator:
             os.close(fd)
             raise SimError(f"another bmc-sim is running rack {self.dir}") from None
         self._lock = fd
+        for p in self.dir.iterdir():
+            with contextlib.suppress(OSError):
+                mode = p.lstat().st_mode
+                if _STALE.fullmatch(p.name) and (stat.S_ISLNK(mode) or stat.S_ISSOCK(mode)):
+                    p.unlink()
 
     async def _serve(self, path: pathlib.Path, handler: Any) -> asyncio.AbstractServer:
         with contextlib.suppress(FileNotFoundError):
