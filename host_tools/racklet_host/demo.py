@@ -6,7 +6,8 @@ Starts `bmc-sim --rack DIR --boards N`, waits until every BMC answers, gives eac
 BMC a demo admin key (holding its BOOTSEL button, as a person would on a real
 board; the key goes to DIR/../admin.key, mode 0600), starts the bridge on
 127.0.0.1, and prints what to try next. Ctrl-C (or SIGTERM) stops everything it
-started and leaves the rack directory as bmc-sim leaves it.
+started and leaves the rack directory as bmc-sim leaves it; during the set-up it
+stops there (exit 130).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from types import FrameType
 from typing import List, Optional, Sequence
 
+from racklet_sim.rack import SimError, control
+
 from . import discovery
 from .bridge.scrape import Scraper
 from .bridge.server import DEFAULT_LISTEN, ConfigError, parse_listen, serve
@@ -34,6 +37,10 @@ START_TIMEOUT = 60.0
 
 class DemoError(Exception):
     pass
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during the set-up."""
 
 
 def _tool(name: str, module: str) -> List[str]:
@@ -51,10 +58,14 @@ def start_sim(rack: str, boards: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_for_bmcs(rack: str, boards: int, sim: subprocess.Popen[bytes]) -> List[str]:
+def wait_for_bmcs(
+    rack: str, boards: int, sim: subprocess.Popen[bytes], stop: threading.Event
+) -> List[str]:
     """Slot names once every BMC answers hello; DemoError if bmc-sim stops or it takes too long."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
+        if stop.is_set():
+            raise Interrupted()
         if sim.poll() is not None:
             raise DemoError(f"bmc-sim exited with status {sim.returncode} (see bmc-sim.log)")
         ready = []
@@ -75,7 +86,7 @@ def wait_for_bmcs(rack: str, boards: int, sim: subprocess.Popen[bytes]) -> List[
             raise DemoError(
                 f"only {len(ready)} of {boards} BMCs answered within {START_TIMEOUT:g} s"
             )
-        time.sleep(0.5)
+        stop.wait(0.5)
 
 
 def provision(rack: str, slot: str, key: Key) -> bool:
@@ -86,13 +97,10 @@ def provision(rack: str, slot: str, key: Key) -> bool:
     with BmcClient.open(port.resolve(), timeout=5.0, name=slot) as c:
         if c.hello().get("provisioned"):
             return False
-        number = str(port.slot_number or slot)
-        subprocess.run(
-            _tool("bmc-sim", "racklet_sim.rack")
-            + ["bootsel", "--rack", rack, number, "--seconds", "3"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        try:  # in this process: a Ctrl-C that reaches a child would end it with a traceback
+            control(rack, {"cmd": "bootsel", "slot": port.slot_number or slot, "seconds": 3})
+        except SimError as e:
+            raise DemoError(f"cannot hold {slot}'s BOOTSEL: {e}") from None
         c.keys_provision("admin", key)
     return True
 
@@ -130,9 +138,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sim = start_sim(rack, args.boards)
     server = None
     try:
-        slots = wait_for_bmcs(rack, args.boards, sim)
+        slots = wait_for_bmcs(rack, args.boards, sim, stop)
         key, _ = load_or_create(key_path)
-        fresh = [s for s in slots if provision(rack, s, key)]
+        fresh = []
+        for s in slots:
+            if stop.is_set():
+                raise Interrupted()
+            if provision(rack, s, key):
+                fresh.append(s)
         if fresh:
             print(f"Provisioned the demo admin key {key_path} on {', '.join(fresh)}")
         try:
@@ -140,6 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError as e:
             raise DemoError(f"cannot listen on {args.listen}: {e.strerror or e}") from None
         threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+        if stop.is_set():
+            raise Interrupted()
         url = f"http://{host}:{server.server_address[1]}"
         print(_next_steps(args.rack, key_path, url, slots), flush=True)
         while not stop.is_set():
@@ -148,6 +163,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             stop.wait(0.5)
         print("\nStopping ...", flush=True)
         return 0
+    except Interrupted:
+        print("\nStopping ...", flush=True)
+        return 130
     except DemoError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1
