@@ -1,4 +1,4 @@
-"""`make demo` (racklet_host.demo): set-up and Ctrl-C."""
+"""`make demo` (racklet_host.demo): set-up, Ctrl-C and a rack that is already running."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from racklet_sim.rack import Rack
 
 
 def start_demo(rack: pathlib.Path, boards: int = 1) -> subprocess.Popen[str]:
@@ -48,3 +50,20 @@ def test_ctrl_c_during_set_up_stops_without_going_on(tmp_path: pathlib.Path) -> 
         time.sleep(0.1)
     assert not sim_processes(rack)
     assert not [p.name for p in rack.iterdir() if p.is_symlink() or p.is_socket()]
+
+
+def test_a_demo_on_a_rack_that_runs_already_is_refused(tmp_path: pathlib.Path) -> None:
+    rack_dir = tmp_path / "demo" / "rack"
+    with Rack(boards=1, rack_dir=rack_dir) as rack:
+        demo = start_demo(rack_dir)
+        try:
+            out, err = demo.communicate(timeout=60)
+        finally:
+            if demo.poll() is None:
+                os.killpg(demo.pid, signal.SIGKILL)
+                demo.wait()
+        assert demo.returncode == 1, (out, err)
+        assert "already running" in err and "Traceback" not in err, err
+        assert "Provisioned" not in out, out
+        assert not rack.sbc(1)["bootsel"]  # the other rack's BMCs were left alone
+        assert rack.slot_info(1)["running"] and os.path.exists(rack.port(1))

@@ -7,7 +7,7 @@ BMC a demo admin key (holding its BOOTSEL button, as a person would on a real
 board; the key goes to DIR/../admin.key, mode 0600), starts the bridge on
 127.0.0.1, and prints what to try next. Ctrl-C (or SIGTERM) stops everything it
 started and leaves the rack directory as bmc-sim leaves it; during the set-up it
-stops there (exit 130).
+stops there (exit 130). A rack that a bmc-sim runs already is refused.
 """
 
 from __future__ import annotations
@@ -134,6 +134,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    try:
+        control(rack, {"cmd": "status"}, timeout=2)
+    except SimError:
+        pass  # no bmc-sim runs this rack
+    else:
+        print(
+            f"demo: a bmc-sim is already running rack {args.rack} (another demo?)", file=sys.stderr
+        )
+        return 1
     print(f"Starting {args.boards} simulated BMCs in {args.rack} ...", flush=True)
     sim = start_sim(rack, args.boards)
     server = None
