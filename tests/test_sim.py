@@ -200,7 +200,10 @@ def test_sbc_console_boot_log_reaches_the_bmc(tmp_path: pathlib.Path) -> None:
         assert "Booting Linux" in out and "racklet-slot1 login:" in out
 
 
-def test_ctrl_c_stops_everything_and_removes_the_links(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])  # SIGHUP: its terminal closed
+def test_ctrl_c_stops_everything_and_removes_the_links(
+    tmp_path: pathlib.Path, sig: signal.Signals
+) -> None:
     rack_dir = tmp_path / "rack"
     proc = subprocess.Popen(
         [str(BIN / "bmc-sim"), "--rack", str(rack_dir), "--boards", "2"],
@@ -210,7 +213,7 @@ def test_ctrl_c_stops_everything_and_removes_the_links(tmp_path: pathlib.Path) -
     try:
         wait_for("links", lambda: all((rack_dir / f"slot{i}").exists() for i in (1, 2)))
         pids = [s["pid"] for s in Rack(rack_dir=rack_dir).status()["slots"]]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:

@@ -1,6 +1,6 @@
 """`bmc-sim`: a rack of simulated BMCs, each the real firmware under MicroPython.
 
-    bmc-sim --rack DIR --boards N [--board NAME[,NAME...]]   run until SIGINT/SIGTERM
+    bmc-sim --rack DIR --boards N [--board NAME[,NAME...]]   run until SIGINT/SIGTERM/SIGHUP
     bmc-sim bootsel --rack DIR SLOT [--seconds N]            hold a board's BOOTSEL
     bmc-sim fault --rack DIR SLOT KIND [--rail NAME]         inject an SBC fault
     bmc-sim kill --rack DIR SLOT [--no-restart]              SIGKILL a BMC (the SBC runs on)
@@ -330,7 +330,7 @@ class Simulator:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
             loop.add_signal_handler(sig, self._stop.set)
         try:
             await self._start()
