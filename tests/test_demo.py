@@ -52,6 +52,30 @@ def test_ctrl_c_during_set_up_stops_without_going_on(tmp_path: pathlib.Path) -> 
     assert not [p.name for p in rack.iterdir() if p.is_symlink() or p.is_socket()]
 
 
+def test_closing_its_terminal_stops_the_demo_and_its_rack(tmp_path: pathlib.Path) -> None:
+    rack = tmp_path / "demo" / "rack"
+    demo = start_demo(rack)
+    try:
+        assert demo.stdout is not None
+        deadline = time.monotonic() + 60
+        while "The rack is up" not in demo.stdout.readline():
+            assert time.monotonic() < deadline and demo.poll() is None, "the demo did not come up"
+        demo.send_signal(signal.SIGHUP)
+        demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    deadline = time.monotonic() + 10
+    while sim_processes(rack) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = sim_processes(rack)
+    for line in left:  # bmc-sim runs in a session of its own: end it here, not in the next test
+        os.kill(int(line.split()[0]), signal.SIGTERM)
+    assert not left, left
+    assert not [p.name for p in rack.iterdir() if p.is_symlink() or p.is_socket()]
+
+
 def test_a_demo_on_a_rack_that_runs_already_is_refused(tmp_path: pathlib.Path) -> None:
     rack_dir = tmp_path / "demo" / "rack"
     with Rack(boards=1, rack_dir=rack_dir) as rack:

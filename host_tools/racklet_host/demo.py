@@ -5,9 +5,10 @@
 Starts `bmc-sim --rack DIR --boards N`, waits until every BMC answers, gives each
 BMC a demo admin key (holding its BOOTSEL button, as a person would on a real
 board; the key goes to DIR/../admin.key, mode 0600), starts the bridge on
-127.0.0.1, and prints what to try next. Ctrl-C (or SIGTERM) stops everything it
-started and leaves the rack directory as bmc-sim leaves it; during the set-up it
-stops there (exit 130). A rack that a bmc-sim runs already is refused.
+127.0.0.1, and prints what to try next. Ctrl-C (or SIGTERM, or closing its
+terminal) stops everything it started and leaves the rack directory as bmc-sim
+leaves it; during the set-up it stops there (exit 130). A rack that a bmc-sim
+runs already is refused.
 """
 
 from __future__ import annotations
@@ -132,8 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def on_signal(signum: int, frame: Optional[FrameType]) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
+        signal.signal(sig, on_signal)
     try:
         control(rack, {"cmd": "status"}, timeout=2)
     except SimError:
