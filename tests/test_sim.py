@@ -178,6 +178,15 @@ def test_control_socket_refuses_bad_requests(tmp_path: pathlib.Path) -> None:
             assert out.returncode == 1, (args, out.stdout, out.stderr)
             assert msg in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert rack.slot_info(1)["running"]
+        starts = rack.slot_info(1)["starts"]
+        out = subprocess.run(
+            [str(BIN / "bmc-sim"), "start", "--rack", str(rack.path), "1"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0 and "already running" in out.stdout, out.stdout
+        assert rack.slot_info(1)["starts"] == starts
 
 
 def test_power_good_lost_while_on_is_a_fault(tmp_path: pathlib.Path) -> None:

@@ -490,10 +490,11 @@ class Simulator:
             return {"slot": slot, "restart": bmc.wanted}
         if cmd == "start":
             bmc.wanted = True
-            if not bmc.running():
+            started = not bmc.running()
+            if started:
                 bmc.next_cause = "power_on"
                 await bmc.start()
-            return bmc.info()
+            return {**bmc.info(), "started": started}
         if cmd == "sbc":
             return sbc.state()
         raise SimError(f"unknown cmd {cmd!r} (status, bootsel, fault, kill, start, sbc)")
@@ -733,7 +734,7 @@ def _subcommand(argv: List[str]) -> int:
     elif args.cmd == "kill":
         print(f"slot{req['slot']}: BMC killed" + ("" if req["restart"] else " (not restarted)"))
     else:
-        print(f"slot{req['slot']}: BMC started")
+        print(f"slot{req['slot']}: BMC " + ("started" if reply["started"] else "already running"))
     return 0
 
 
