@@ -330,9 +330,11 @@ def test_bad_rack_arguments_are_clear_errors(tmp_path: pathlib.Path) -> None:
         assert out.returncode == 1 and msg in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
     (tmp_path / "a-file").write_text("")
+    (tmp_path / "r3" / ".bmc-sim.lock").mkdir(parents=True)
     for rack, msg in (
         (tmp_path / "a-file", "is not a directory"),
         (tmp_path / "a-file" / "rack", "cannot use"),
+        (tmp_path / "r3", "cannot lock the rack"),
     ):
         out = subprocess.run(
             [str(BIN / "bmc-sim"), "--rack", str(rack), "--boards", "1"],

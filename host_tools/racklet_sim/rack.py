@@ -383,12 +383,18 @@ class Simulator:
 
     def _take_rack(self) -> None:
         """Lock the rack for this process, then clear what a killed bmc-sim left behind."""
-        fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        path = self.dir / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise SimError(f"cannot lock the rack: {path}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
             os.close(fd)
-            raise SimError(f"another bmc-sim is running rack {self.dir}") from None
+            if isinstance(e, BlockingIOError):
+                raise SimError(f"another bmc-sim is running rack {self.dir}") from None
+            raise SimError(f"cannot lock the rack: {path}: {e.strerror}") from None
         self._lock = fd
         for p in self.dir.iterdir():
             with contextlib.suppress(OSError):
