@@ -347,6 +347,8 @@ def test_bad_rack_arguments_are_clear_errors(tmp_path: pathlib.Path) -> None:
 
 
 def test_a_second_bmc_sim_on_the_same_rack_is_refused(tmp_path: pathlib.Path) -> None:
+    from racklet_sim.rack import SimError
+
     with Rack(boards=1, board=fast_board(tmp_path)) as rack:
         out = subprocess.run(
             [str(BIN / "bmc-sim"), "--rack", str(rack.path), "--boards", "1"],
@@ -358,6 +360,10 @@ def test_a_second_bmc_sim_on_the_same_rack_is_refused(tmp_path: pathlib.Path) ->
         assert os.path.exists(rack.port(1))  # the running rack is untouched
         assert status(rack)["state"] == "Off"
         assert rack.status()["slots"][0]["running"]  # and still takes control requests
+        with pytest.raises(SimError, match="another bmc-sim"):  # a test's own Rack too
+            with Rack(boards=1, rack_dir=rack.path):
+                pass
+        assert rack.status()["slots"][0]["running"]
 
 
 def test_two_bmc_sims_started_together_on_one_rack_one_is_refused(

@@ -581,6 +581,12 @@ class Rack:
             self._tmp = tempfile.mkdtemp(prefix="rack-", dir="/tmp")
             self.dir = pathlib.Path(self._tmp)
         self.dir.mkdir(parents=True, exist_ok=True)
+        try:  # its BMCs would answer before our bmc-sim is refused: we would wait on them
+            control(self.dir, {"cmd": "status"}, timeout=2)
+        except SimError:
+            pass
+        else:
+            raise SimError(f"another bmc-sim is running rack {self.dir}")
         with open(self.dir / "bmc-sim.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "racklet_sim.rack", "--rack", str(self.dir)]
