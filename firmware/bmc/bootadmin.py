@@ -29,6 +29,7 @@ from bmc.codec import MAX_PAYLOAD
 from bmc.compat import const
 
 _HEX = "0123456789abcdef"
+_EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256(b"")
 _HASH_BUF = const(512)
 # Boot files stored at once (2 * MAX_FILES): an old manifest's and a new one's. max_total
 # counts bytes, but littlefs gives a file of over 512 bytes 4 KiB blocks of its own:
@@ -129,7 +130,10 @@ def _entries(bf, files):
             _bad("%s: src must be bmc or host" % name)
         if name == CMDLINE and src != "bmc":
             _bad("cmdline.txt must be stored on the BMC: it is extended with the inventory")
-        if src == "bmc" and bf._stored_size(sha) != size:
+        if src == "bmc" and size == 0:  # nothing to upload or store (send_indexing)
+            if sha != _EMPTY:
+                _bad("%s: an empty file's sha256 is %s" % (name, _EMPTY))
+        elif src == "bmc" and bf._stored_size(sha) != size:
             raise errors.CmdError(
                 errors.NOT_FOUND,
                 "%s: no stored file with that sha256 and size: upload it first" % name,
@@ -334,6 +338,8 @@ def send_indexing(bf, e, req, peak):
     try:
         fh = open(path, "rb")
     except OSError:
+        if not e[1]:  # an empty file is listed, never stored (_entries)
+            return bf.streamed(e, 0, peak)
         raise errors.CmdError(errors.STORAGE, "%s is missing from the flash" % e[0])
     view = req.chunk_view()
     step = len(view)

@@ -371,8 +371,38 @@ def scenario_stream_time_counted(root):
     assert len(line) == 1 and float(line[0].split()[1]) == after["stream_ms"] / 1000, line
 
 
+def scenario_empty_files_listed_without_an_upload(root):
+    """An empty file (a cmdline.txt of nothing but what the BMC adds, an empty
+    config.txt) has nothing to upload (`BmcClient.boot_file_put` sends no chunk, and a
+    put takes 1 byte at least): it is listed on the BMC all the same, stores nothing,
+    and is served empty; an empty file named with another digest is refused."""
+    rig = fresh(root)
+    admin, op = admin_and_operator(rig)
+    boot = blob(1500, 5)
+    upload(rig, admin, boot)
+    files = _manifest([("cmdline.txt", b"", "bmc"), ("config.txt", b"", "bmc")])
+    files += _manifest([("bootcode4.bin", boot, "bmc")])
+    m = ok(rig.host.call("boot-manifest-set", {"files": files, "expect": 0}, key=admin))
+    assert m == {"gen": 1, "count": 3, "bmc_bytes": len(boot), "bmc_limit": 262144}, m
+    for _ in range(2):  # the same after a restart
+        r, body = read_file(rig, op, "config.txt", 1, hx(b""))
+        assert ok(r) == {"name": "config.txt", "size": 0, "sha256": hx(b"")} and body == b"", r
+        r, body = read_file(rig, op, "cmdline.txt", 1)
+        assert ok(r)["size"] == 1 and body == b"\n", (r, body)
+        assert read_file(rig, op, "bootcode4.bin")[1] == boot
+        assert [n for n in stored(rig) if n.startswith("boot/")] == [
+            "boot/" + hx(boot),
+            "boot/" + hx(boot) + ".crc",
+        ], stored(rig).keys()
+        rig.boot()
+    files[1]["sha256"] = hx(b"x")
+    err(rig.host.call("boot-manifest-set", {"files": files}, key=admin), "invalid", "empty")
+    assert manifest_of(rig)[0]["gen"] == 1
+
+
 SCENARIOS = [
     scenario_upload_manifest_and_read,
+    scenario_empty_files_listed_without_an_upload,
     scenario_stream_time_counted,
     scenario_upload_refusals,
     scenario_manifest_of_32_uploaded,
