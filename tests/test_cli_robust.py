@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -17,6 +16,8 @@ from racklet_host.client import BmcClient
 from racklet_host.discovery import BmcPort
 from racklet_host.keys import Key, load_key, write_new_key
 from racklet_sim.rack import Rack
+
+from bench.protocol import provision
 
 BMCCTL = str(Path(sys.executable).parent / "bmcctl")
 
@@ -137,15 +138,7 @@ def admin(rack: Rack, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for slot in (1, 2):
         rack.bootsel(slot, seconds=3)
         with BmcClient.open(rack.port(slot)) as c:
-            deadline = time.monotonic() + 3
-            while True:
-                try:
-                    c.keys_provision("admin", key)
-                    break
-                except errors.PresenceRequired:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            provision(c, key)
     return kf
 
 

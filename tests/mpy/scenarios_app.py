@@ -235,14 +235,19 @@ def scenario_lockout_backs_off(tmp):
     ok(rig.host.call("identify", {"seconds": 0}, key=key))
 
 
-def scenario_lockout_spends_the_nonce(tmp):
-    # A request refused while locked out is refused for good: its nonce is spent,
-    # so whoever saw it cannot have it run once the lock-out ends.
+def _locked_out_with_a_nonce(tmp):
+    """A provisioned BMC just locked out by five failures, its admin key, and a fresh nonce."""
     rig = fresh(tmp)
     key = provision(rig)
     for _ in range(5):
         err(rig.host.call("identify", {"seconds": 0}, key=new_key()), "auth_failed")
-    nonce = ok(rig.host.call("nonce"))["nonce"]
+    return rig, key, ok(rig.host.call("nonce"))["nonce"]
+
+
+def scenario_lockout_spends_the_nonce(tmp):
+    # A request refused while locked out is refused for good: its nonce is spent,
+    # so whoever saw it cannot have it run once the lock-out ends.
+    rig, key, nonce = _locked_out_with_a_nonce(tmp)
     r = err(rig.host.call("power", {"action": "On"}, key=key, nonce=nonce), "locked_out")
     rig.clock.advance(r["data"]["retry_ms"] + 1)
     err(rig.host.call("power", {"action": "On"}, key=key, nonce=nonce), "auth_failed")
@@ -252,11 +257,7 @@ def scenario_lockout_spends_the_nonce(tmp):
 def scenario_lockout_and_nonces_after_a_week(tmp):
     # Ticks wrap every 2**30 ms (~12 days) on the RP2040: a lock-out or a nonce left
     # alone for a week must not come back to life.
-    rig = fresh(tmp)
-    key = provision(rig)
-    for _ in range(5):
-        err(rig.host.call("identify", {"seconds": 0}, key=new_key()), "auth_failed")
-    nonce = ok(rig.host.call("nonce"))["nonce"]
+    rig, key, nonce = _locked_out_with_a_nonce(tmp)
     rig.clock.advance(7 * 86400 * 1000)
     assert ok(rig.host.call("status"))["locked_out_ms"] == 0
     r = err(rig.host.call("identify", {"seconds": 0}, key=key, nonce=nonce), "auth_failed")
