@@ -60,12 +60,16 @@ def start_sim(rack: str, boards: int) -> subprocess.Popen[bytes]:
 
 
 def wait_for_bmcs(
-    rack: str, boards: int, sim: subprocess.Popen[bytes], stop: threading.Event
+    rack: str,
+    boards: int,
+    sim: subprocess.Popen[bytes],
+    stop: Optional[threading.Event] = None,
 ) -> List[str]:
-    """Slot names once every BMC answers hello; DemoError if bmc-sim stops or it takes too long."""
+    """Slot names once every BMC answers hello; DemoError if bmc-sim stops or it takes too long
+    (Interrupted once `stop` is set)."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        if stop.is_set():
+        if stop is not None and stop.is_set():
             raise Interrupted()
         if sim.poll() is not None:
             raise DemoError(f"bmc-sim exited with status {sim.returncode} (see bmc-sim.log)")
@@ -87,7 +91,10 @@ def wait_for_bmcs(
             raise DemoError(
                 f"only {len(ready)} of {boards} BMCs answered within {START_TIMEOUT:g} s"
             )
-        stop.wait(0.5)
+        if stop is not None:
+            stop.wait(0.5)
+        else:
+            time.sleep(0.5)
 
 
 def provision(rack: str, slot: str, key: Key) -> bool:
