@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -196,3 +198,45 @@ def test_rotation_interrupted_while_revoking_says_where_the_keys_are(
     assert code == 130
     assert [new.key_id in ids for ids in installed(rack, new)] == [True, True]
     assert str(new_file) in err and old.key_id in err and "keys revoke" in err, err
+
+
+def _has_open(pid: int, path: str) -> bool:
+    fds = f"/proc/{pid}/fd"
+    try:
+        return any(os.path.realpath(os.path.join(fds, fd)) == path for fd in os.listdir(fds))
+    except OSError:
+        return False
+
+
+def test_ctrl_c_on_several_bmcs_waits_for_those_asked_and_says_what_each_did(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while a command runs on several BMCs: the ones already asked may act, so
+    bmcctl waits for their answers (each within --timeout) and says what each did."""
+    from tests.fake_bmc import Fakes
+
+    fakes = Fakes(tmp_path)
+    fakes.start_many([1, 2])
+    try:
+        fakes.procs[2].send_signal(signal.SIGSTOP)  # a hung BMC: asked, never answers
+        hung = os.path.realpath(str(tmp_path / "slot2"))
+        argv = [sys.executable, "-m", "racklet_host.cli", "--rack", str(tmp_path)]
+        p = subprocess.Popen(
+            argv + ["--timeout", "2", "status", "--all"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 10
+        while not _has_open(p.pid, hung):  # slot 2 asked: the command is under way
+            assert time.monotonic() < deadline and p.poll() is None, "bmcctl never asked slot2"
+            time.sleep(0.01)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=10)
+        assert p.returncode == errors.EXIT_INTERRUPTED, err
+        assert "waiting for the answers of slot2" in err, err
+        assert "slot1 done" in err and "slot2 timeout" in err, err
+        assert "Traceback" not in err, err
+    finally:
+        fakes.procs[2].send_signal(signal.SIGCONT)
+        fakes.stop_all()

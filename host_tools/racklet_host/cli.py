@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from . import cli_boot, discovery
@@ -17,6 +17,7 @@ from .client import DEFAULT_TIMEOUT, DISRUPTIVE_ACTIONS, POWER_ACTIONS, BmcClien
 from .discovery import BmcPort
 from .errors import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     BmcError,
@@ -48,6 +49,8 @@ exit codes:
   4  authentication refused, role too low, or locked out
   5  not allowed in the BMC's current state, or BOOTSEL must be held
   6  timeout, device gone, or port busy
+  130  interrupted (Ctrl-C); with several targets, once the BMCs already asked have
+     answered, it says which of them acted (Ctrl-C again leaves at once)
   With several targets, the code is the failures' common code, else 1.
 """
 
@@ -240,6 +243,33 @@ def _ask_serials(ports: Sequence[BmcPort], timeout: float) -> None:
         list(ex.map(one, ports))
 
 
+def _after_interrupt(port: BmcPort, f: Future[Row]) -> Row:
+    """A target's row once the command was interrupted: its answer, if it was asked
+    (waited for here: a second Ctrl-C raises), else that it was not."""
+    why = "not asked" if f.cancelled() else None
+    if why is None and f.exception() is not None:  # the interrupt reached its thread
+        why = "interrupted before its answer"
+    if why is None:
+        return f.result()
+    return {
+        "target": port.name,
+        "port": port.path,
+        "ok": False,
+        "error": "interrupted",
+        "message": why,
+        "exit_code": EXIT_INTERRUPTED,
+    }
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a command on several BMCs, raised once the requests already sent
+    were answered or timed out: `rows` says what each target did."""
+
+    def __init__(self, rows: List[Row]) -> None:
+        super().__init__()
+        self.rows = rows
+
+
 def run_all(
     ports: Sequence[BmcPort], action: Action, key: Optional[Key], timeout: float
 ) -> List[Row]:
@@ -261,8 +291,25 @@ def run_all(
 
     if len(ports) == 1:
         return [one(ports[0])]
-    with ThreadPoolExecutor(max_workers=min(16, len(ports))) as ex:
-        return list(ex.map(one, ports))
+    ex = ThreadPoolExecutor(max_workers=min(16, len(ports)))
+    futures = [ex.submit(one, p) for p in ports]
+    try:
+        return [f.result() for f in futures]
+    except KeyboardInterrupt:
+        # What was asked may have been done: wait for those answers (each within the
+        # timeout), so that the user learns which BMCs acted. Ctrl-C again leaves.
+        for f in futures:
+            f.cancel()
+        asked = [p.name for p, f in zip(ports, futures) if not f.cancelled() and not f.done()]
+        if asked:
+            sys.stderr.write(
+                f"bmcctl: interrupted; waiting for the answers of {', '.join(asked)}"
+                f" (at most {timeout:g} s; Ctrl-C again to leave without them)\n"
+            )
+        rows = [_after_interrupt(p, f) for p, f in zip(ports, futures)]
+        raise Interrupted(rows) from None
+    finally:
+        ex.shutdown(wait=False)
 
 
 def exit_code(rows: Sequence[Row]) -> int:
@@ -800,9 +847,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader gone shows here when the output fit the buffer
+    except Interrupted as e:
+        done = ", ".join(
+            f"{r['target']} done" if r.get("ok") else f"{r['target']} {r['error']}: {r['message']}"
+            for r in e.rows
+        )
+        sys.stderr.write(_safe(f"bmcctl: interrupted; {done}") + "\n")
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         sys.stderr.write("bmcctl: interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
     except BmcError as e:
         sys.stderr.write(f"bmcctl: {_safe(e.message, lines=True)}\n")
         return e.exit_code

@@ -19,6 +19,7 @@ EXIT_NO_BMC = 3  # no BMC found / target not found
 EXIT_AUTH = 4  # auth refused, forbidden, locked out
 EXIT_NOT_ALLOWED = 5  # not allowed in this state, physical presence required
 EXIT_LINK = 6  # timeout, device gone, port busy
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as a shell reports it
 
 
 class BmcError(Exception):
