@@ -237,6 +237,27 @@ def test_ctrl_c_on_several_bmcs_waits_for_those_asked_and_says_what_each_did(
         assert "waiting for the answers of slot2" in err, err
         assert "slot1 done" in err and "slot2 timeout" in err, err
         assert "Traceback" not in err, err
+
+        # Ctrl-C again leaves at once, not when the hung BMC's 60 s are up
+        p = subprocess.Popen(
+            argv + ["--timeout", "60", "status", "--all"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 10
+        while not _has_open(p.pid, hung):
+            assert time.monotonic() < deadline and p.poll() is None, "bmcctl never asked slot2"
+            time.sleep(0.01)
+        p.send_signal(signal.SIGINT)
+        while "waiting for the answers" not in (p.stderr.readline() if p.stderr else ""):
+            assert time.monotonic() < deadline and p.poll() is None, "no first interrupt"
+        p.send_signal(signal.SIGINT)
+        try:
+            _, err = p.communicate(timeout=10)
+        finally:
+            p.kill()
+        assert p.returncode == errors.EXIT_INTERRUPTED and "Traceback" not in err, err
     finally:
         fakes.procs[2].send_signal(signal.SIGCONT)
         fakes.stop_all()

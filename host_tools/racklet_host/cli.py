@@ -8,9 +8,22 @@ import math
 import os
 import re
 import sys
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generic,
+    List,
+    Optional,
+    Sequence,
+    TextIO,
+    Tuple,
+    TypeVar,
+    cast,
+)
 
 from . import cli_boot, discovery
 from .client import DEFAULT_TIMEOUT, DISRUPTIVE_ACTIONS, POWER_ACTIONS, BmcClient, open_client
@@ -243,22 +256,8 @@ def _ask_serials(ports: Sequence[BmcPort], timeout: float) -> None:
         list(ex.map(one, ports))
 
 
-def _after_interrupt(port: BmcPort, f: Future[Row]) -> Row:
-    """A target's row once the command was interrupted: its answer, if it was asked
-    (waited for here: a second Ctrl-C raises), else that it was not."""
-    why = "not asked" if f.cancelled() else None
-    if why is None and f.exception() is not None:  # the interrupt reached its thread
-        why = "interrupted before its answer"
-    if why is None:
-        return f.result()
-    return {
-        "target": port.name,
-        "port": port.path,
-        "ok": False,
-        "error": "interrupted",
-        "message": why,
-        "exit_code": EXIT_INTERRUPTED,
-    }
+_I = TypeVar("_I")
+_O = TypeVar("_O")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -291,25 +290,78 @@ def run_all(
 
     if len(ports) == 1:
         return [one(ports[0])]
-    ex = ThreadPoolExecutor(max_workers=min(16, len(ports)))
-    futures = [ex.submit(one, p) for p in ports]
+    jobs = _Jobs(one, ports, 16)
     try:
-        return [f.result() for f in futures]
+        return [jobs.result(i) for i in range(len(ports))]
     except KeyboardInterrupt:
         # What was asked may have been done: wait for those answers (each within the
         # timeout), so that the user learns which BMCs acted. Ctrl-C again leaves.
-        for f in futures:
-            f.cancel()
-        asked = [p.name for p, f in zip(ports, futures) if not f.cancelled() and not f.done()]
+        started = jobs.stop()
+        asked = [p.name for i, p in enumerate(ports[:started]) if not jobs.finished(i)]
         if asked:
             sys.stderr.write(
                 f"bmcctl: interrupted; waiting for the answers of {', '.join(asked)}"
                 f" (at most {timeout:g} s; Ctrl-C again to leave without them)\n"
             )
-        rows = [_after_interrupt(p, f) for p, f in zip(ports, futures)]
+        rows = []
+        for i, p in enumerate(ports):
+            row, err = jobs.wait(i) if i < started else (None, None)
+            if row is None:
+                why = "not asked" if i >= started else f"interrupted before its answer: {err!r}"
+                row = {"target": p.name, "port": p.path, "ok": False, "error": "interrupted"}
+                row.update(message=why, exit_code=EXIT_INTERRUPTED)
+            rows.append(row)
         raise Interrupted(rows) from None
-    finally:
-        ex.shutdown(wait=False)
+
+
+class _Jobs(Generic[_I, _O]):
+    """`fn` over `items` on at most `workers` daemon threads: leaving (a second Ctrl-C)
+    never waits for a BMC that does not answer, as an executor's threads make it."""
+
+    def __init__(self, fn: Callable[[_I], _O], items: Sequence[_I], workers: int) -> None:
+        self._fn = fn
+        self._items = list(items)
+        self._out: List[Optional[_O]] = [None] * len(self._items)
+        self._err: List[Optional[BaseException]] = [None] * len(self._items)
+        self._done = [threading.Event() for _ in self._items]
+        self._next = 0
+        self._stopped = False
+        self._lock = threading.Lock()
+        for _ in range(min(workers, len(self._items))):
+            threading.Thread(target=self._work, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopped or self._next >= len(self._items):
+                    return
+                i = self._next
+                self._next += 1
+            try:
+                self._out[i] = self._fn(self._items[i])
+            except BaseException as e:  # handed to the caller of result()
+                self._err[i] = e
+            self._done[i].set()
+
+    def stop(self) -> int:
+        """Start no more; how many were started (the first ones)."""
+        with self._lock:
+            self._stopped = True
+            return self._next
+
+    def finished(self, i: int) -> bool:
+        return self._done[i].is_set()
+
+    def wait(self, i: int) -> Tuple[Optional[_O], Optional[BaseException]]:
+        """Item `i`'s result or what it raised, once it ended (a Ctrl-C here raises)."""
+        self._done[i].wait()
+        return self._out[i], self._err[i]
+
+    def result(self, i: int) -> _O:
+        out, err = self.wait(i)
+        if err is not None:
+            raise err
+        return cast(_O, out)
 
 
 def exit_code(rows: Sequence[Row]) -> int:
