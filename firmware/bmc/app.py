@@ -160,9 +160,16 @@ class App:
             except Exception as e:
                 self.loop_errors += 1
                 self.events.add("fault", "internal", repr(e))
-            # A loop that keeps failing is not healthy: starve the watchdog.
+            # A loop that keeps failing is not healthy: starve the watchdog. A failing
+            # pass never reaches its flush, so the faults go to flash first: the reset
+            # would otherwise lose why it came.
             if self.loop_errors < _FAILING_LOOPS:
                 board.wdt_feed()
+            elif self.loop_errors == _FAILING_LOOPS:
+                try:
+                    self.flush()
+                except Exception:  # noqa: BLE001 - the watchdog resets the BMC anyway
+                    pass
 
 
 def main(board):

@@ -398,6 +398,34 @@ def scenario_corrupt_keys_file(tmp):
     assert "keys_file_corrupt" in kinds, kinds
 
 
+def scenario_a_failing_loop_logs_why_before_the_watchdog_resets(tmp):
+    # Three failing passes in a row starve the watchdog; what they logged must be on
+    # flash by then (a failing pass never reaches its own flush).
+    rig = fresh(tmp)
+    rig.step()
+
+    def broken():
+        raise RuntimeError("tick broke")
+
+    rig.app.power.tick = broken
+    passes = [0]
+
+    def wait(ms):
+        passes[0] += 1
+        if passes[0] > 50:  # the watchdog has long reset the BMC
+            raise SystemExit("watchdog")
+
+    rig.board.wait = wait
+    feeds = rig.board.feeds
+    try:
+        rig.app.run()
+    except SystemExit:
+        pass
+    assert rig.board.feeds == feeds + 2, rig.board.feeds  # starved from the 3rd failure
+    on_flash = list(rig.app.store.read_lines("events"))
+    assert len([x for x in on_flash if "tick broke" in x]) == 3, on_flash
+
+
 def names():
     return [n for n in sorted(globals()) if n.startswith("scenario_")]
 
