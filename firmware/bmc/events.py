@@ -16,7 +16,9 @@ a few counters: 64 entries kept in RAM took about 11 KB of heap, and reading
 the log is rare (the `events` command), so it is read from flash, a line at a
 time. `dropped` counts the entries no longer kept (sequence numbers are
 continuous). A corrupt file or torn last line is skipped, reported by an event
-of kind "store", and never stops the firmware.
+of kind "store", and never stops the firmware: a line that is not UTF-8 or is
+longer than LINE_MAX (read in pieces, never whole) is skipped like any line
+that is not an entry, and the lines after it are read.
 
 Kinds used by the core: "bmc" (start), "power" (state changes), "action"
 (accepted requests), "fault", "warning", "store", "config".
@@ -25,6 +27,7 @@ Kinds used by the core: "bmc" (start), "power" (state changes), "action"
 import json
 
 DETAIL_MAX = 96
+LINE_MAX = 1024  # bytes: the longest line read whole (the log writes ~700 at most)
 _NAME = "events"
 
 
@@ -61,7 +64,7 @@ class EventLog:
         self._dirty = False  # added to since the last flush
         self._broken = False  # a write failed: the file is rewritten whole next time
         bad = 0
-        for line in store.read_lines(name):
+        for line in store.read_lines(name, LINE_MAX):
             e = _parse(line)
             if e is None or e[0] <= self.last_seq:
                 bad += 1
@@ -137,7 +140,7 @@ class EventLog:
     def _good_lines(self):
         """(line, entry) of each line that holds an entry newer than the one before."""
         last = 0
-        for line in self._store.read_lines(self._name):
+        for line in self._store.read_lines(self._name, LINE_MAX):
             e = _parse(line)
             if e is not None and e[0] > last:
                 last = e[0]

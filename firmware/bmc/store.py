@@ -72,20 +72,23 @@ class Store:
     def append_lines(self, name, lines):
         _write_lines(self.path(name, ".jsonl"), "a", lines)
 
-    def read_lines(self, name):
-        """Yield the lines of a line file (none when missing)."""
+    def read_lines(self, name, size=-1):
+        """Yield the lines of a line file (none when missing), as text. A line longer
+        than `size` bytes comes in pieces of `size`, and one that is not UTF-8 as "\n":
+        the writer wrote neither, the reader skips them and reads on."""
         try:
-            f = open(self.path(name, ".jsonl"), "r")
+            f = open(self.path(name, ".jsonl"), "rb")
         except OSError:
             return
         try:
             while True:
-                try:
-                    line = f.readline()
-                except ValueError:  # undecodable bytes: stop, keep what we have
-                    return
+                line = f.readline(size)
                 if not line:
                     return
+                try:
+                    line = line.decode()
+                except UnicodeError:
+                    line = "\n"
                 yield line
         finally:
             f.close()
