@@ -381,6 +381,7 @@ class Relay:
     def _file_server(self, dev: UsbDevice) -> None:
         """One session; it ends with Done, an empty name or the device leaving."""
         held: Tuple[str, Optional[bytes]] = ("", None)
+        listed: Set[str] = set()  # served in this session: listed once, however often read
         while True:
             try:
                 raw = ep_read(dev, REQUEST.size)
@@ -427,7 +428,9 @@ class Relay:
             else:
                 self.source.vouch(self.source.entries[name], "serve")  # still vouched for
                 ep_write(dev, data)
-                self.served.append(name)
+                if name not in listed:
+                    listed.add(name)
+                    self.served.append(name)
                 self.log(f"served {name} ({len(data)} bytes)")
                 held = ("", None)
 
