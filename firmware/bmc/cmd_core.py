@@ -67,7 +67,9 @@ def register(app):
         if proto != codec.PROTO_VERSION:
             raise errors.CmdError(
                 errors.UNSUPPORTED_VERSION,
-                "host speaks protocol %d, this BMC speaks %d" % (proto, codec.PROTO_VERSION),
+                # str()[:12]: a number of a frame's length would not fit the answer's frame
+                "host speaks protocol %s, this BMC speaks %d"
+                % (str(proto)[:12], codec.PROTO_VERSION),
             )
         return {
             "proto": codec.PROTO_VERSION,

@@ -72,13 +72,13 @@ class Config:
     def _check(self, key, value):
         if not isinstance(key, str) or key not in self._defaults:
             raise ValueError(
-                "unknown setting %r (known: %s)" % (key, ", ".join(sorted(self._defaults)))
+                "unknown setting %s (known: %s)" % (_shown(key), ", ".join(sorted(self._defaults)))
             )
         if key == "restore_policy":
             if value not in RESTORE_POLICIES:
                 raise ValueError(
-                    "restore_policy: expected one of %s, got %r"
-                    % (", ".join(RESTORE_POLICIES), value)
+                    "restore_policy: expected one of %s, got %s"
+                    % (", ".join(RESTORE_POLICIES), _shown(value))
                 )
             return value
         if key.startswith(_PGOOD):
@@ -90,9 +90,9 @@ class Config:
             if s and (s.isdigit() or (s[0] == "-" and s[1:].isdigit())):
                 value = int(s)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError("%s: expected an integer (ms), got %r" % (key, value))
+            raise ValueError("%s: expected an integer (ms), got %s" % (key, _shown(value)))
         if value < lo or value > hi:
-            raise ValueError("%s: %d outside %d-%d" % (key, value, lo, hi))
+            raise ValueError("%s: %s outside %d-%d" % (key, _shown(value), lo, hi))
         return value
 
     def set(self, key, value):
@@ -113,3 +113,10 @@ class Config:
         if key not in self._defaults:
             self._check(key, None)  # raises the unknown-key error
         return self.set(key, self._defaults[key])
+
+
+def _shown(value):
+    """A value for a message, cut short: a request of nearly a frame's length quoted
+    whole would not fit the answer's frame."""
+    r = repr(value)
+    return r if len(r) <= 40 else r[:40] + "..."

@@ -150,36 +150,6 @@ def sc_event_log_torn_line(root):
     assert ev3.last_seq == 3 and len(ev3) == 3  # repaired: no new corruption event
 
 
-def sc_event_log_corrupt_bytes_and_long_lines(root):
-    # Flash that went bad under the log: bytes that are not UTF-8, a line longer than
-    # any the firmware writes (one that is an entry would not fit an `events` chunk),
-    # a long run without a newline. Each is skipped and reported; the entries after
-    # them, and those added later, are read back.
-    st = Store(root + "/data")
-    clock = ManualClock()
-    ev = events.EventLog(st, clock, 1, capacity=8)
-    ev.add("power", "remote", "first")
-    f = open(st.path("events", ".jsonl"), "ab")
-    f.write(b"\xff\xfe\x80 not text\n")
-    f.write(b'[2, 1, 0, "power", "remote", "second"]\n')
-    f.write(b'[3, 1, 0, "fault", "x", "' + b"d" * 3000 + b'"]\n')
-    for _ in range(20):
-        f.write(b"z" * 1000)
-    f.write(b'\n[4, 1, 0, "power", "remote", "third"]\n')
-    f.close()
-    ev2 = events.EventLog(st, clock, 2, capacity=8)
-    es = ev2.entries()
-    assert [e["detail"] for e in es[:3]] == ["first", "second", "third"], es
-    assert es[-1]["kind"] == "store" and es[-1]["cause"] == "corrupt", es
-    assert ev2.last_seq == 5
-    ev2.add("power", "remote", "fourth")
-    ev3 = events.EventLog(st, clock, 3, capacity=8)
-    assert [e["detail"] for e in ev3.entries()][-1] == "fourth"
-    assert len(ev3) == 5 and ev3.last_seq == 6  # repaired: no new corruption event
-    for line in st.read_lines("events"):
-        assert len(line) <= events.LINE_MAX, len(line)
-
-
 def sc_event_log_deferred_write_error_and_compaction(root):
     st = Store(root + "/data")
     clock = ManualClock()
@@ -248,7 +218,6 @@ SCENARIOS = [
     sc_config_set_validates,
     sc_event_log_bounded_and_persistent,
     sc_event_log_torn_line,
-    sc_event_log_corrupt_bytes_and_long_lines,
     sc_event_log_deferred_write_error_and_compaction,
     sc_persist_boot_count_and_state,
 ]

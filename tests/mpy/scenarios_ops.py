@@ -1,0 +1,115 @@
+"""Hostile arguments and stored state for the operator commands and hello, against the
+whole firmware (CPython, and MicroPython through tests/test_ops.py): every answer is
+the error asked for, in one frame, never `internal`."""
+
+import gc
+import sys
+
+from app_rig import Rig, hexkey, new_key
+from bmc import events
+from bmc.clock import ManualClock
+from bmc.store import Store
+
+_counter = [0]
+_current = [None]
+
+
+def fresh(tmp):
+    _counter[0] += 1
+    _current[0] = None
+    gc.collect()
+    rig = Rig(tmp + "/ops%d" % _counter[0])
+    _current[0] = rig
+    return rig
+
+
+def provision(rig):
+    key = new_key()
+    rig.board.button = True
+    r = rig.host.call("keys-provision", {"role": "admin", "key": hexkey(key)})
+    rig.board.button = False
+    assert r["ok"], r
+    return key
+
+
+def refused(resp, code):
+    assert not resp["ok"] and resp["error"] == code, resp
+    return resp
+
+
+def scenario_event_log_corrupt_bytes_and_long_lines(tmp):
+    # Flash that went bad under the log: bytes that are not UTF-8, a line longer than
+    # any the firmware writes (one that is an entry would not fit an `events` chunk),
+    # a long run without a newline. Each is skipped and reported; the entries after
+    # them, and those added later, are read back.
+    st = Store(tmp + "/evlog")
+    clock = ManualClock()
+    ev = events.EventLog(st, clock, 1, capacity=8)
+    ev.add("power", "remote", "first")
+    f = open(st.path("events", ".jsonl"), "ab")
+    f.write(b"\xff\xfe\x80 not text\n")
+    f.write(b'[2, 1, 0, "power", "remote", "second"]\n')
+    f.write(b'[3, 1, 0, "fault", "x", "' + b"d" * 3000 + b'"]\n')
+    for _ in range(20):
+        f.write(b"z" * 1000)
+    f.write(b'\n[4, 1, 0, "power", "remote", "third"]\n')
+    f.close()
+    ev2 = events.EventLog(st, clock, 2, capacity=8)
+    es = ev2.entries()
+    assert [e["detail"] for e in es[:3]] == ["first", "second", "third"], es
+    assert es[-1]["kind"] == "store" and es[-1]["cause"] == "corrupt", es
+    assert ev2.last_seq == 5
+    ev2.add("power", "remote", "fourth")
+    ev3 = events.EventLog(st, clock, 3, capacity=8)
+    assert [e["detail"] for e in ev3.entries()][-1] == "fourth"
+    assert len(ev3) == 5 and ev3.last_seq == 6  # repaired: no new corruption event
+    for line in st.read_lines("events"):
+        assert len(line) <= events.LINE_MAX, len(line)
+
+
+def scenario_hello_with_a_huge_proto(tmp):
+    rig = fresh(tmp)
+    r = refused(rig.host.call("hello", {"proto": 10**2000}), "unsupported_version")
+    assert len(r["message"]) < 200, r
+    refused(rig.host.call("hello", {"proto": -(10**2000)}), "unsupported_version")
+
+
+def scenario_config_set_echoes_little(tmp):
+    # A request of nearly a frame whose key or value the message quoted in full did
+    # not fit the answer's frame: `internal`, "response too large", and no nonce.
+    rig = fresh(tmp)
+    key = provision(rig)
+    bad = (
+        ("x" * 1800, 1),
+        ("min_off_ms", "9" * 1800),
+        ("min_off_ms", 10**1800),
+        ("restore_policy", "\\" * 900),
+        ("restore_policy", "\x01" * 300),
+        ("min_off_ms", ["\\" * 100] * 8),
+    )
+    for k, v in bad:
+        r = refused(rig.host.call("config-set", {"key": k, "value": v}, key=key), "invalid")
+        assert "nonce" in r and len(r["message"]) < 700, r
+    assert rig.host.call("config-get", key=key)["data"]["min_off_ms"] == 5000
+
+
+def names():
+    return [n for n in sorted(globals()) if n.startswith("scenario_")]
+
+
+def main():
+    tmp = sys.argv[1]
+    failed = 0
+    for n in names():
+        try:
+            globals()[n](tmp)
+            print("PASS", n)
+        except Exception as e:
+            failed += 1
+            print("FAIL", n + ":", repr(e))
+            sys.print_exception(e)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
