@@ -32,7 +32,14 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from racklet_host.usbboot import relay as relay_mod
-from racklet_host.usbboot.relay import BOOTCODE_TRIES, REPORTED_MAX, BootFailed, Cache, Relay
+from racklet_host.usbboot.relay import (
+    BOOTCODE_TRIES,
+    FILE_SERVERS_MAX,
+    REPORTED_MAX,
+    BootFailed,
+    Cache,
+    Relay,
+)
 from racklet_host.usbboot.transport import PRODUCTS, UsbAbsent, UsbDevice, UsbError, UsbGone
 
 from tests.test_usbboot_relay import StandInBmc
@@ -131,6 +138,7 @@ class Odds:
         self.fault = r.choice([0.0, 0.0, 0.0002, 0.002, 0.02])  # leaves, or times out
         self.bulk = r.choice(["full", "full", "short", "zero", "short-or-zero"])
         self.return_code = r.choice([0.0, 0.0, 0.1])  # a ROM refusing its bootcode
+        self.deny = r.choice([0.0, 0.0, 0.02])  # an open refused
 
 
 def request(r: random.Random, odds: Odds, name: bytes, cmd: Optional[int] = None) -> Step:
@@ -311,25 +319,25 @@ class HostileDevice:
 class HostileBus:
     """Hands out the run's enumerations in order; UsbAbsent once they run out."""
 
-    def __init__(self, devices: Iterator[HostileDevice], r: random.Random) -> None:
+    def __init__(self, devices: Iterator[HostileDevice], r: random.Random, deny: float) -> None:
         self.devices = devices
         self.r = r
+        self.deny = deny
         self.opened: List[HostileDevice] = []
 
     def wait_device(self, timeout: float, skip: str = "") -> UsbDevice:
         for dev in self.devices:
             if dev.ident == skip:
                 continue  # the stale listing of the enumeration just used
-            if self.r.random() < 0.02:
+            if self.r.random() < self.deny:
                 raise UsbError("opening at 1-1.3: access denied")
             self.opened.append(dev)
             return dev
         raise UsbAbsent(f"no Raspberry Pi in USB boot mode appeared in {timeout:g} s")
 
 
-def enumerations(r: random.Random) -> Iterator[HostileDevice]:
+def enumerations(r: random.Random, odds: Odds) -> Iterator[HostileDevice]:
     """A run's devices: mostly ROM then file servers, with every oddity in between."""
-    odds = Odds(r)
     product = r.choice(sorted(PRODUCTS))
     address = 1
     plan = r.randrange(10)
@@ -339,6 +347,11 @@ def enumerations(r: random.Random) -> Iterator[HostileDevice]:
             address += 1
     if plan == 1:  # a file server from the start, no ROM
         pass
+    elif plan == 2:  # the ROM, then file servers without end
+        yield HostileDevice(r, odds, "1:1", product, r.choice([0, 3]), [])
+        while True:
+            address += 1
+            yield HostileDevice(r, odds, f"1:{address}", product, 1, fs_script(r, odds)[-3:])
     else:
         yield HostileDevice(r, odds, "1:1", product, r.choice([0, 3]), [])
     for _ in range(r.randrange(1, 5)):
@@ -392,7 +405,8 @@ def run_relay(relay: Relay, where: str) -> Any:
 def play(seed: int, tmp: pathlib.Path) -> None:
     r = random.Random(seed)
     bmc = make_bmc(tmp)
-    bus = HostileBus(enumerations(r), r)
+    odds = Odds(r)
+    bus = HostileBus(enumerations(r, odds), r, odds.deny)
     lines: List[str] = []
     relay = Relay(bmc, bus, log=lines.append, wait_timeout=1, stage_timeout=1, grace=1)
     where = f"seed {seed}"
@@ -420,7 +434,7 @@ def play(seed: int, tmp: pathlib.Path) -> None:
 
 def calm() -> Odds:
     odds = Odds(random.Random(0))
-    odds.malformed = odds.unknown = odds.done = odds.fault = odds.return_code = 0.0
+    odds.malformed = odds.unknown = odds.done = odds.fault = odds.return_code = odds.deny = 0.0
     odds.bulk = "full"
     return odds
 
@@ -436,12 +450,30 @@ def test_a_file_read_again_and_again_is_listed_once_a_session(tmp_path: pathlib.
         HostileDevice(r, odds, "1:2", 0x2711, 1, script),
     ]
     bmc = make_bmc(tmp_path)
-    relay = Relay(bmc, HostileBus(iter(devs), r), grace=0.1)
+    relay = Relay(bmc, HostileBus(iter(devs), r, 0.0), grace=0.1)
     summary = run_relay(relay, "config.txt read 5000 times")
     assert not devs[1].errors and len(devs[1].taken) == 5001
     assert all(took == FILES[name][0] for name, took in devs[1].taken)
     assert summary["served"] == ["bootcode4.bin", "config.txt", "start4.elf"]
     assert bmc.reports[-1] == ("done", "", "3 served")
+
+
+def test_file_servers_without_end_fail_the_boot(tmp_path: pathlib.Path) -> None:
+    """A device that enumerates as a file server again and again (each served, each
+    ending with Done) must not keep the relay, and the BMC's boot session, forever."""
+    r, odds = random.Random(2), calm()
+
+    def devices() -> Iterator[HostileDevice]:
+        yield HostileDevice(r, odds, "1:1", 0x2711, 3, [])
+        for address in range(2, 10**6):
+            script = [request(r, odds, b"config.txt", READ_FILE), ("req", REQ.pack(DONE, b""))]
+            yield HostileDevice(r, odds, f"1:{address}", 0x2711, 1, script)
+
+    bmc = make_bmc(tmp_path)
+    end = run_relay(Relay(bmc, HostileBus(devices(), r, 0.0), grace=0.1), "endless file servers")
+    assert isinstance(end, BootFailed), end
+    assert f"after {FILE_SERVERS_MAX} file servers" in str(end)
+    assert bmc.reports[-1][0] == "failed"
 
 
 def test_a_hostile_sbc_gets_only_vouched_bytes_and_a_clear_end(

@@ -60,6 +60,10 @@ READ_FILE = 1
 DONE = 2
 MAX_FILE = 0x7FFFFFFF
 BOOTCODE_TRIES = 3  # sends of the bootcode to a ROM that keeps coming back
+# File-server sessions a boot may have: a Pi 4 has two (bootcode4.bin's, start4.elf's);
+# a device that enumerates as one again and again must not keep the relay (and the
+# BMC's boot session, which each vouching prolongs) forever.
+FILE_SERVERS_MAX = 8
 RETURN_CODE_DELAY = 1.0  # usbboot waits this long before reading the ROM's return code
 # A stage hands over to the next in about 1.5-3 s (usbboot's logs); no new file
 # server for this long after a session means the SBC booted.
@@ -309,6 +313,11 @@ class Relay:
                     self._stage1(dev)
                     wait, what = self.stage_timeout, "the file server after the bootcode"
                 else:
+                    if self.sessions == FILE_SERVERS_MAX:
+                        raise BootFailed(
+                            f"the SBC enumerated as a file server again after "
+                            f"{FILE_SERVERS_MAX} file servers: it does not boot"
+                        )
                     self.sessions += 1
                     self.log(
                         f"file server {self.sessions} on {dev.location} "
