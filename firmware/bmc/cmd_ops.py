@@ -7,6 +7,11 @@ from bmc import errors
 from bmc.dispatch import arg
 
 MAX_CONSOLE_WRITE = 256
+_LINE_MAX = 1536  # bytes of an events line (the log writes ~800 at most)
+_UNREADABLE = (
+    b'{"seq": %d, "boot": 0, "uptime_ms": 0, "kind": "store", "cause": "corrupt", '
+    b'"detail": "unreadable"}\n'
+)
 
 
 def events(app, req):
@@ -15,7 +20,10 @@ def events(app, req):
     nxt = since
     # one entry at a time from flash to a line: the log is never whole in RAM
     for entry in app.events.iter_entries(since - 1):  # seq > since - 1
-        req.line((json.dumps(entry) + "\n").encode())
+        line = (json.dumps(entry) + "\n").encode()
+        if len(line) > _LINE_MAX:  # a line the flash mangled, longer encoded (raw controls)
+            line = _UNREADABLE % entry["seq"]
+        req.line(line)
         sent += 1
         nxt = entry["seq"] + 1
     req.end_lines()

@@ -93,6 +93,23 @@ def scenario_config_set_echoes_little(tmp):
     assert rig.host.call("config-get", key=key)["data"]["min_off_ms"] == 5000
 
 
+def scenario_events_with_a_mangled_line(tmp):
+    # An entry on flash that MicroPython parses (raw control characters in a string)
+    # but encodes six times longer: the stream goes on past it.
+    rig = fresh(tmp)
+    key = provision(rig)
+    rig.step()
+    f = open(rig.root + "/data/events.jsonl", "ab")
+    f.write(b'[90, 1, 0, "fault", "x", "' + b"\x01" * 900 + b'"]\n')
+    f.close()
+    rig.boot("soft")
+    rig.step()
+    r = rig.host.call("events", {"since": 0}, key=key)
+    assert r["ok"], r
+    lines = b"".join(rig.host.last_chunks).split(b"\n")
+    assert r["data"]["count"] == len(lines) - 1 >= 3, r
+
+
 def names():
     return [n for n in sorted(globals()) if n.startswith("scenario_")]
 
