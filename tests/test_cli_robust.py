@@ -208,6 +208,16 @@ def _has_open(pid: int, path: str) -> bool:
         return False
 
 
+def _asking(argv: List[str], port: str) -> subprocess.Popen[str]:
+    """bmcctl started, once it has opened `port` (that BMC asked: the command is under way)."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not _has_open(p.pid, port):
+        assert time.monotonic() < deadline and p.poll() is None, f"bmcctl never opened {port}"
+        time.sleep(0.01)
+    return p
+
+
 def test_ctrl_c_on_several_bmcs_waits_for_those_asked_and_says_what_each_did(
     tmp_path: Path,
 ) -> None:
@@ -221,16 +231,7 @@ def test_ctrl_c_on_several_bmcs_waits_for_those_asked_and_says_what_each_did(
         fakes.procs[2].send_signal(signal.SIGSTOP)  # a hung BMC: asked, never answers
         hung = os.path.realpath(str(tmp_path / "slot2"))
         argv = [sys.executable, "-m", "racklet_host.cli", "--rack", str(tmp_path)]
-        p = subprocess.Popen(
-            argv + ["--timeout", "2", "status", "--all"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 10
-        while not _has_open(p.pid, hung):  # slot 2 asked: the command is under way
-            assert time.monotonic() < deadline and p.poll() is None, "bmcctl never asked slot2"
-            time.sleep(0.01)
+        p = _asking(argv + ["--timeout", "2", "status", "--all"], hung)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=10)
         assert p.returncode == errors.EXIT_INTERRUPTED, err
@@ -239,16 +240,8 @@ def test_ctrl_c_on_several_bmcs_waits_for_those_asked_and_says_what_each_did(
         assert "Traceback" not in err, err
 
         # Ctrl-C again leaves at once, not when the hung BMC's 60 s are up
-        p = subprocess.Popen(
-            argv + ["--timeout", "60", "status", "--all"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        p = _asking(argv + ["--timeout", "60", "status", "--all"], hung)
         deadline = time.monotonic() + 10
-        while not _has_open(p.pid, hung):
-            assert time.monotonic() < deadline and p.poll() is None, "bmcctl never asked slot2"
-            time.sleep(0.01)
         p.send_signal(signal.SIGINT)
         while "waiting for the answers" not in (p.stderr.readline() if p.stderr else ""):
             assert time.monotonic() < deadline and p.poll() is None, "no first interrupt"

@@ -184,3 +184,51 @@ def new_key():
 
 def hexkey(key):
     return binascii.hexlify(key).decode()
+
+
+_made = [0, None]  # rigs made so far, the current one
+
+
+def fresh(tmp, prefix="app"):
+    """A new BMC on the rig, in a folder of its own under `tmp`."""
+    import gc
+
+    _made[0] += 1
+    _made[1] = None  # let the previous BMC's heap go before the next one starts
+    gc.collect()
+    rig = Rig("%s/%s%d" % (tmp, prefix, _made[0]))
+    _made[1] = rig
+    return rig
+
+
+def provision(rig):
+    """An admin key given with BOOTSEL held; the key."""
+    key = new_key()
+    rig.board.button = True
+    r = rig.host.call("keys-provision", {"role": "admin", "key": hexkey(key)})
+    rig.board.button = False
+    assert r["ok"], r
+    return key
+
+
+def scenario_names(namespace):
+    """The scenario_* functions of a scenarios module (its globals()), sorted."""
+    return [n for n in sorted(namespace) if n.startswith("scenario_")]
+
+
+def run_scenarios(namespace):
+    """Run every scenario of a module (its globals()) on TMPDIR (argv[1]): PASS or FAIL
+    and the traceback for each; exit 1 when any failed."""
+    import sys
+
+    tmp = sys.argv[1]
+    failed = 0
+    for n in scenario_names(namespace):
+        try:
+            namespace[n](tmp)
+            print("PASS", n)
+        except Exception as e:
+            failed += 1
+            print("FAIL", n + ":", repr(e))
+            sys.print_exception(e)
+    sys.exit(1 if failed else 0)

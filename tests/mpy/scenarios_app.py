@@ -5,33 +5,10 @@ Runs on CPython (pytest imports it) and inside the micropython binary:
 line per scenario, `PASS name` or `FAIL name: why`.
 """
 
-import gc
 import os
-import sys
 
-from app_rig import Rig, hexkey, new_key
+from app_rig import fresh, hexkey, new_key, provision, run_scenarios, scenario_names
 from bmc import codec
-
-_counter = [0]
-_current = [None]
-
-
-def fresh(tmp):
-    _counter[0] += 1
-    _current[0] = None  # let the previous BMC's heap go before the next one starts
-    gc.collect()
-    rig = Rig(tmp + "/app%d" % _counter[0])
-    _current[0] = rig
-    return rig
-
-
-def provision(rig):
-    key = new_key()
-    rig.board.button = True
-    r = rig.host.call("keys-provision", {"role": "admin", "key": hexkey(key)})
-    rig.board.button = False
-    assert r["ok"], r
-    return key
 
 
 def ok(resp):
@@ -427,22 +404,8 @@ def scenario_a_failing_loop_logs_why_before_the_watchdog_resets(tmp):
 
 
 def names():
-    return [n for n in sorted(globals()) if n.startswith("scenario_")]
-
-
-def main():
-    tmp = sys.argv[1]
-    failed = 0
-    for n in names():
-        try:
-            globals()[n](tmp)
-            print("PASS", n)
-        except Exception as e:
-            failed += 1
-            print("FAIL", n + ":", repr(e))
-            sys.print_exception(e)
-    sys.exit(1 if failed else 0)
+    return scenario_names(globals())
 
 
 if __name__ == "__main__":
-    main()
+    run_scenarios(globals())

@@ -1,35 +1,11 @@
 """Hostile arguments and stored state for the operator commands and hello, against the
-whole firmware (CPython, and MicroPython through tests/test_ops.py): every answer is
+whole firmware (CPython, and MicroPython through tests/test_app.py): every answer is
 the error asked for, in one frame, never `internal`."""
 
-import gc
-import sys
-
-from app_rig import Rig, hexkey, new_key
+from app_rig import fresh, provision, run_scenarios, scenario_names
 from bmc import events
 from bmc.clock import ManualClock
 from bmc.store import Store
-
-_counter = [0]
-_current = [None]
-
-
-def fresh(tmp):
-    _counter[0] += 1
-    _current[0] = None
-    gc.collect()
-    rig = Rig(tmp + "/ops%d" % _counter[0])
-    _current[0] = rig
-    return rig
-
-
-def provision(rig):
-    key = new_key()
-    rig.board.button = True
-    r = rig.host.call("keys-provision", {"role": "admin", "key": hexkey(key)})
-    rig.board.button = False
-    assert r["ok"], r
-    return key
 
 
 def refused(resp, code):
@@ -68,7 +44,7 @@ def scenario_event_log_corrupt_bytes_and_long_lines(tmp):
 
 
 def scenario_hello_with_a_huge_proto(tmp):
-    rig = fresh(tmp)
+    rig = fresh(tmp, "ops")
     r = refused(rig.host.call("hello", {"proto": 10**2000}), "unsupported_version")
     assert len(r["message"]) < 200, r
     refused(rig.host.call("hello", {"proto": -(10**2000)}), "unsupported_version")
@@ -77,7 +53,7 @@ def scenario_hello_with_a_huge_proto(tmp):
 def scenario_config_set_echoes_little(tmp):
     # A request of nearly a frame whose key or value the message quoted in full did
     # not fit the answer's frame: `internal`, "response too large", and no nonce.
-    rig = fresh(tmp)
+    rig = fresh(tmp, "ops")
     key = provision(rig)
     bad = (
         ("x" * 1800, 1),
@@ -96,7 +72,7 @@ def scenario_config_set_echoes_little(tmp):
 def scenario_events_with_a_mangled_line(tmp):
     # An entry on flash that MicroPython parses (raw control characters in a string)
     # but encodes six times longer: the stream goes on past it.
-    rig = fresh(tmp)
+    rig = fresh(tmp, "ops")
     key = provision(rig)
     rig.step()
     f = open(rig.root + "/data/events.jsonl", "ab")
@@ -111,22 +87,8 @@ def scenario_events_with_a_mangled_line(tmp):
 
 
 def names():
-    return [n for n in sorted(globals()) if n.startswith("scenario_")]
-
-
-def main():
-    tmp = sys.argv[1]
-    failed = 0
-    for n in names():
-        try:
-            globals()[n](tmp)
-            print("PASS", n)
-        except Exception as e:
-            failed += 1
-            print("FAIL", n + ":", repr(e))
-            sys.print_exception(e)
-    sys.exit(1 if failed else 0)
+    return scenario_names(globals())
 
 
 if __name__ == "__main__":
-    main()
+    run_scenarios(globals())
