@@ -10,7 +10,6 @@ import re
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import (
     Any,
     Callable,
@@ -252,8 +251,9 @@ def _ask_serials(ports: Sequence[BmcPort], timeout: float) -> None:
         except BmcError:
             pass
 
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(ports)))) as ex:
-        list(ex.map(one, ports))
+    jobs = _Jobs(one, ports, 16)
+    for i in range(len(ports)):
+        jobs.result(i)
 
 
 _I = TypeVar("_I")
