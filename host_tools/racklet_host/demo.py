@@ -24,7 +24,7 @@ import time
 from types import FrameType
 from typing import List, Optional, Sequence
 
-from racklet_sim.rack import SimError, control
+from racklet_sim.rack import SimError, control, running
 
 from . import discovery
 from .bridge.scrape import Scraper
@@ -142,11 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
         signal.signal(sig, on_signal)
-    try:
-        control(rack, {"cmd": "status"}, timeout=2)
-    except SimError:
-        pass  # no bmc-sim runs this rack
-    else:
+    if running(rack):
         print(
             f"demo: a bmc-sim is already running rack {args.rack} (another demo?)", file=sys.stderr
         )

@@ -524,6 +524,15 @@ class Simulator:
 
 
 # -- talking to a running bmc-sim --------------------------------------------------
+def running(rack_dir: str | os.PathLike[str]) -> bool:
+    """Whether a bmc-sim serves this rack (its control socket answers)."""
+    try:
+        control(rack_dir, {"cmd": "status"}, timeout=2)
+    except SimError:
+        return False
+    return True
+
+
 def control(rack_dir: str | os.PathLike[str], req: Dict[str, Any], timeout: float = 10) -> Any:
     """Send one request to DIR/control.sock; the reply dict, or SimError."""
     path = pathlib.Path(rack_dir) / "control.sock"
@@ -581,11 +590,7 @@ class Rack:
             self._tmp = tempfile.mkdtemp(prefix="rack-", dir="/tmp")
             self.dir = pathlib.Path(self._tmp)
         self.dir.mkdir(parents=True, exist_ok=True)
-        try:  # its BMCs would answer before our bmc-sim is refused: we would wait on them
-            control(self.dir, {"cmd": "status"}, timeout=2)
-        except SimError:
-            pass
-        else:
+        if running(self.dir):  # its BMCs would answer before our bmc-sim is refused
             raise SimError(f"another bmc-sim is running rack {self.dir}")
         with open(self.dir / "bmc-sim.log", "ab") as log:
             self.proc = subprocess.Popen(
